@@ -139,7 +139,8 @@ class Storage:
     """Read, list and write s3:// URIs (through one boto3 client) and local paths."""
 
     def __init__(self, endpoint: str = "", credentials: Credentials | None = None,
-                 region: str = "us-east-1") -> None:
+                 region: str = "us-east-1", max_attempts: int = 5) -> None:
+        self.max_attempts = max_attempts
         self.endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL", "")
         self.credentials = credentials or Credentials.from_env()
         self.region = region
@@ -152,7 +153,7 @@ class Storage:
             from botocore.config import Config
 
             config = Config(
-                retries={"max_attempts": 5, "mode": "standard"},
+                retries={"max_attempts": self.max_attempts, "mode": "standard"},
                 connect_timeout=5,
                 read_timeout=60,
                 s3={"addressing_style": "path" if self.endpoint else "auto"},

@@ -1,0 +1,76 @@
+"""Storage against a real S3 server: listing, bounded reads, and one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from finetune_operator.devs3 import S3Server
+from finetune_operator.storage import Credentials, Storage, StorageError
+
+
+def test_lists_a_prefix_and_reads_objects(storage: Storage, bucket: str) -> None:
+    storage.write_text(f"s3://{bucket}/task/a.jsonl", '{"x": 1}\n')
+    storage.write_text(f"s3://{bucket}/task/sub/b.csv", "a,b\n")
+    storage.write_text(f"s3://{bucket}/other/c.jsonl", "{}\n")
+    listed = storage.list(f"s3://{bucket}/task/")
+    assert [o.uri for o in listed] == [f"s3://{bucket}/task/a.jsonl", f"s3://{bucket}/task/sub/b.csv"]
+    assert listed[0].size == 9 and listed[0].etag
+    assert storage.read_text(f"s3://{bucket}/task/a.jsonl") == '{"x": 1}\n'
+    # A key without a trailing slash that is a prefix, not an object, lists the prefix.
+    assert len(storage.list(f"s3://{bucket}/task")) == 2
+
+
+def test_size_cap_is_checked_before_reading(storage: Storage, bucket: str) -> None:
+    storage.write_bytes(f"s3://{bucket}/big.jsonl", b"x" * 1000)
+    with pytest.raises(StorageError, match="over the cap of 100"):
+        storage.read_bytes(f"s3://{bucket}/big.jsonl", max_bytes=100)
+
+
+def test_wrong_credentials_say_so_without_the_secret(s3_server: S3Server, bucket: str) -> None:
+    bad = Storage(s3_server.endpoint, Credentials.from_env(
+        {"AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}))
+    with pytest.raises(StorageError) as err:
+        bad.list(f"s3://{bucket}/")
+    assert "refused the credentials" in str(err.value)
+    assert "not-the-secret" not in str(err.value)
+    assert not err.value.transient
+
+
+def test_missing_bucket_and_object(storage: Storage, bucket: str) -> None:
+    with pytest.raises(StorageError, match="bucket does not exist: nosuchbucket"):
+        storage.list("s3://nosuchbucket/x/")
+    with pytest.raises(StorageError, match="bucket does not exist"):
+        storage.read_bytes("s3://nosuchbucket/x.jsonl")
+    with pytest.raises(StorageError, match="not found"):
+        storage.read_bytes(f"s3://{bucket}/absent.jsonl")
+
+
+def test_unreachable_endpoint_is_transient(s3_credentials: Credentials) -> None:
+    dead = Storage("http://127.0.0.1:9", s3_credentials, max_attempts=2)
+    with pytest.raises(StorageError) as err:
+        dead.list("s3://bucket/x/")
+    assert err.value.transient
+
+
+def test_directory_round_trip(storage: Storage, bucket: str, tmp_path) -> None:
+    src = tmp_path / "src"
+    (src / "nested").mkdir(parents=True)
+    (src / "a.bin").write_bytes(b"\x00\x01")
+    (src / "nested" / "b.txt").write_text("hello")
+    storage.upload_dir(src, f"s3://{bucket}/run/adapter/")
+    dst = tmp_path / "dst"
+    got = storage.download_prefix(f"s3://{bucket}/run/adapter/", dst)
+    assert sorted(p.relative_to(dst).as_posix() for p in got) == ["a.bin", "nested/b.txt"]
+    assert (dst / "nested" / "b.txt").read_text() == "hello"
+
+
+def test_credentials_from_a_kubernetes_secret_never_show_in_repr() -> None:
+    import base64
+
+    data = {k: base64.b64encode(v.encode()).decode() for k, v in
+            {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value"}.items()}
+    creds = Credentials.from_secret_data(data, secret_name="s3-credentials")
+    assert creds.boto_kwargs()["aws_secret_access_key"] == "s3cr3t-value"
+    assert "s3cr3t-value" not in repr(creds) and "s3cr3t-value" not in str(creds)
+    with pytest.raises(StorageError, match="lacks key"):
+        Credentials.from_secret_data({"AWS_ACCESS_KEY_ID": data["AWS_ACCESS_KEY_ID"]}, secret_name="x")
