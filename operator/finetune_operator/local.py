@@ -1,0 +1,391 @@
+"""`finetune run --local`: the cluster's steps on one machine, with the trainer in a local process.
+
+Same modules as the operator and the trainer image, in the same order: prepare_run ->
+render_axolotl_config -> config written to the run prefix -> `python -m finetune_trainer` (the
+Job's command) -> metrics.json -> status (local_status, built with the operator's functions).
+Nothing here trains or evaluates by itself, so what a local run shows is what a cluster run does.
+
+Safe to repeat and to interrupt: prepare_run reuses a split whose files still match the
+manifest's sha256; a run counts as done only when its COMPLETE marker (written last by the
+trainer) is there, and a forced rerun removes that marker before training starts, so Ctrl-C at
+any moment never leaves a run a later invocation would take as complete.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from .contract import Manifest, Metrics, RunLayout, TerminationMessage, one_line
+from .local_status import Row, StatusBuilder, format_table, row_for
+from .spec import FineTuneTaskStatus, SpecError
+from .status import now_iso
+from .storage import Credentials, Storage, StorageError, is_s3, parse_s3
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+PROGRESS_PREFIX = "FINETUNE_PROGRESS "
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+               "WANDB_MODE": "disabled", "AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1",
+               "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONUNBUFFERED": "1",
+               "TOKENIZERS_PARALLELISM": "false"}
+METRICS_MAX_BYTES = 8 * 1024 * 1024
+
+
+class BadInput(Exception):
+    """A problem with what the user gave us (exit 2); the message is the whole story."""
+
+
+@dataclass
+class TaskResult:
+    """One task's outcome: what the table, the demo report and the benchmark read."""
+
+    name: str
+    namespace: str
+    layout: RunLayout
+    status: FineTuneTaskStatus
+    manifest: Manifest | None = None
+    metrics: Metrics | None = None
+    wall_s: float = 0.0
+    reused: bool = False
+    exit_code: int = EXIT_OK
+    log_path: str | None = None
+    row: Row = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.row = row_for(self.name, self.status, self.manifest, self.metrics, self.wall_s,
+                           self.reused)
+
+
+# ---- progress -----------------------------------------------------------------------------
+
+
+class Progress:
+    """Draws the trainer's FINETUNE_PROGRESS lines: a redrawn bar on a terminal, else a line
+    per stage and per ~10% of training (logs and CI stay short)."""
+
+    def __init__(self, label: str, out: TextIO = sys.stderr) -> None:
+        self.label, self.out = label, out
+        self.tty = out.isatty()
+        self.stage: str | None = None
+        self.last_tenth = -1
+
+    def update(self, event: dict[str, Any]) -> None:
+        stage = str(event.get("stage", "?"))
+        step, total = event.get("step"), event.get("maxSteps")
+        extra = " ".join(f"{k}={_short(v)}" for k, v in event.items()
+                         if k not in ("stage", "step", "maxSteps") and v is not None)
+        if isinstance(step, int) and isinstance(total, int) and total > 0:
+            frac = min(1.0, step / total)
+            bar = "#" * int(frac * 24) + "-" * (24 - int(frac * 24))
+            text = f"  {self.label} {stage:<10} [{bar}] {step}/{total} {extra}".rstrip()
+            tenth = int(frac * 10)
+            changed = stage != self.stage or tenth != self.last_tenth
+            self.last_tenth = tenth
+        else:
+            text = f"  {self.label} {stage} {extra}".rstrip()
+            changed = stage != self.stage
+        if self.tty:
+            end = "\n" if self.stage is not None and stage != self.stage else ""
+            self.out.write(f"{end}\r\033[K{text}")
+        elif changed:
+            self.out.write(text + "\n")
+        self.stage = stage
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.tty and self.stage is not None:
+            self.out.write("\n")
+            self.out.flush()
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def parse_progress(line: str) -> dict[str, Any] | None:
+    if not line.startswith(PROGRESS_PREFIX):
+        return None
+    try:
+        event = json.loads(line[len(PROGRESS_PREFIX):])
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+# ---- storage helpers ----------------------------------------------------------------------
+
+
+def remove(storage: Storage, uri: str) -> None:
+    """Delete one object or file if present (Storage has no delete: the operator never needs one)."""
+    if is_s3(uri):
+        loc = parse_s3(uri)
+        storage._call(uri, storage.client.delete_object, Bucket=loc.bucket, Key=loc.key)
+    else:
+        Path(uri).unlink(missing_ok=True)
+
+
+def completed_metrics(storage: Storage, layout: RunLayout) -> Metrics | None:
+    """The run's metrics if, and only if, the trainer finished it (COMPLETE marker present)."""
+    if not storage.exists(layout.complete_marker) or not storage.exists(layout.metrics):
+        return None
+    try:
+        m = Metrics.model_validate_json(storage.read_text(layout.metrics, METRICS_MAX_BYTES))
+    except ValueError:
+        return None
+    return m if m.run_id == layout.run_id else None
+
+
+# ---- the trainer process ------------------------------------------------------------------
+
+
+def default_profile(spec: Any) -> str:
+    """gpu when this machine has CUDA and the task asks for a GPU, else cpu (as gpu=0 does)."""
+    if spec.resources.gpu == 0 or importlib.util.find_spec("torch") is None:
+        return "cpu"
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def trainer_env(endpoint: str) -> dict[str, str]:
+    env = {**os.environ, **OFFLINE_ENV}
+    if endpoint:
+        env["AWS_ENDPOINT_URL"] = endpoint
+    return env
+
+
+@dataclass
+class TrainerOutcome:
+    returncode: int
+    termination: TerminationMessage | None
+    log_path: Path
+    interrupted: bool = False
+
+
+def run_trainer(layout: RunLayout, config_path: Path, profile: str, work: Path, env: dict[str, str],
+                progress: Progress) -> TrainerOutcome:
+    """`python -m finetune_trainer ...` as the Job runs it; stdout to a log, progress drawn.
+
+    Its own session, so Ctrl-C reaches us only: we pass SIGINT on and wait for it to stop
+    (then SIGTERM, then SIGKILL), never leaving an orphan trainer.
+    """
+    term_log = work / "termination-log"
+    log_path = work / "trainer.log"
+    cmd = [sys.executable, "-m", "finetune_trainer", "--run-uri", layout.prefix,
+           "--config", str(config_path), "--profile", profile,
+           "--termination-log", str(term_log), "--work-dir", str(work / "trainer")]
+    interrupted = False
+    with log_path.open("w", encoding="utf-8") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                text=True, bufsize=1, start_new_session=True)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                event = parse_progress(line)
+                if event is not None:
+                    progress.update(event)
+            proc.wait()
+        except KeyboardInterrupt:
+            interrupted = True
+            _stop(proc)
+        finally:
+            progress.close()
+    text = term_log.read_text(errors="replace") if term_log.exists() else None
+    return TrainerOutcome(proc.returncode if proc.returncode is not None else -1,
+                          TerminationMessage.decode(text), log_path, interrupted)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    for sig, wait in ((signal.SIGINT, 30), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# ---- one task -----------------------------------------------------------------------------
+
+
+def _storage(spec: Any) -> Storage:
+    return Storage(endpoint=spec.storage.endpoint, credentials=Credentials.from_env(),
+                   region=spec.storage.region)
+
+
+def run_task(task: Any, *, output: str | None, profile: str | None, force: bool,
+             say: Callable[[str], None]) -> TaskResult:
+    """Prepare, render, train and report one task; never raises for expected failures."""
+    from .prepare import PrepareError, prepare_run
+    from .render import render_axolotl_config
+
+    spec = task.spec
+    run_id = spec.run_id()
+    layout = RunLayout(root=output or spec.output.uri, namespace=task.namespace, task=task.name,
+                       run_id=run_id)
+    sb = StatusBuilder(task.name, run_id)
+    storage = _storage(spec)
+    start = time.monotonic()
+
+    def result(**kw: Any) -> TaskResult:
+        return TaskResult(task.name, task.namespace, layout, sb.status,
+                          wall_s=time.monotonic() - start, **kw)
+
+    say(f"{task.namespace}/{task.name}: run {run_id} at {layout.prefix}")
+    sb.preparing(spec.dataset.uri)
+    try:
+        manifest = prepare_run(spec, layout, storage)
+    except PrepareError as err:
+        if err.reason == "TooFewSamples":
+            sb.skipped("DataReady", "TooFewSamples", str(err))
+            return result(exit_code=EXIT_OK)
+        sb.failed("DataReady", err.reason, str(err))
+        return result(exit_code=EXIT_FAILED if err.transient else EXIT_BAD_INPUT)
+    except StorageError as err:
+        sb.failed("DataReady", "Storage", str(err))
+        return result(exit_code=EXIT_FAILED if err.transient else EXIT_BAD_INPUT)
+    sb.prepared(manifest, layout)
+    say(f"  data: {manifest.train_samples} train / {manifest.validation_samples} validation, "
+        f"{manifest.dropped.total()} dropped, split sha256 {manifest.train.sha256[:12]}")
+
+    done = None if force else completed_metrics(storage, layout)
+    if done is not None:
+        say("  training: reusing the complete run (--force retrains)")
+        sb.rendered(layout)
+        sb.launched(now_iso())
+        sb.succeeded(done, now_iso())
+        res = result(manifest=manifest, metrics=done, reused=True)
+        res.wall_s = done.wall_seconds
+        res.row = row_for(task.name, res.status, manifest, done, done.wall_seconds, True)
+        return res
+
+    profile = profile or default_profile(spec)
+    try:
+        config = render_axolotl_config(spec, manifest, layout, profile=profile)  # type: ignore[arg-type]
+    except (ValueError, TypeError, KeyError) as err:
+        sb.failed("ConfigRendered", "InvalidConfig", f"{one_line(str(err))}; check spec.training")
+        return result(manifest=manifest, exit_code=EXIT_BAD_INPUT)
+    text = yaml.safe_dump(config, sort_keys=False)
+    work = Path(tempfile.mkdtemp(prefix=f"finetune-{task.name}-{run_id}-"))
+    config_path = work / "axolotl.yaml"  # stands in for the Job's mounted ConfigMap
+    config_path.write_text(text)
+    try:
+        remove(storage, layout.complete_marker)  # a forced rerun is not complete until it ends
+        storage.write_text(layout.config, text, "application/yaml")
+    except StorageError as err:
+        sb.failed("ConfigRendered", "Storage", str(err))
+        return result(manifest=manifest, exit_code=EXIT_FAILED)
+    sb.rendered(layout)
+    sb.launched(now_iso())
+    say(f"  training ({profile} profile, log {work / 'trainer.log'})")
+
+    outcome = run_trainer(layout, config_path, profile, work, trainer_env(storage.endpoint),
+                          Progress(task.name))
+    if outcome.interrupted:
+        sb.failed("Trained", "Interrupted", f"interrupted: {layout.prefix} has no COMPLETE "
+                  "marker, so the next run trains again (the prepared split is reused)")
+        return result(manifest=manifest, exit_code=EXIT_INTERRUPTED, log_path=str(outcome.log_path))
+    metrics = completed_metrics(storage, layout) if outcome.returncode == 0 else None
+    if metrics is None:
+        term = outcome.termination
+        if term is not None and not term.ok:
+            reason, message = term.reason, term.message
+        elif outcome.returncode == 0:
+            reason, message = "MetricsMissing", (f"the trainer exited 0 but {layout.metrics} or "
+                                                 f"{layout.complete_marker} is missing")
+        else:
+            reason = "TrainerFailed"
+            message = (f"trainer exited {outcome.returncode}; last output: "
+                       f"{one_line(_tail(outcome.log_path), 200)}")
+        sb.failed("Trained", reason, f"{message} (log: {outcome.log_path})")
+        code = EXIT_BAD_INPUT if outcome.returncode == EXIT_BAD_INPUT else EXIT_FAILED
+        return result(manifest=manifest, exit_code=code, log_path=str(outcome.log_path))
+    sb.succeeded(metrics, now_iso())
+    shutil.rmtree(work, ignore_errors=True)
+    return result(manifest=manifest, metrics=metrics)
+
+
+# ---- the command --------------------------------------------------------------------------
+
+
+def load_all(task_paths: list[str]) -> list[Any]:
+    from .taskfile import load_tasks
+
+    tasks = [t for p in task_paths for t in load_tasks(p)]
+    seen: set[tuple[str, str]] = set()
+    for t in tasks:
+        if (t.namespace, t.name) in seen:
+            raise BadInput(f"{t.source}: task {t.namespace}/{t.name} appears twice")
+        seen.add((t.namespace, t.name))
+    return tasks
+
+
+def print_status(res: TaskResult, out: TextIO = sys.stdout) -> None:
+    out.write(f"# {res.namespace}/{res.name}\n")
+    out.write(yaml.safe_dump({"status": res.status.wire()}, sort_keys=False))
+
+
+def run_tasks(task_paths: list[str], *, output: str | None = None, profile: str | None = None,
+              force: bool = False, out: TextIO = sys.stdout,
+              say: Callable[[str], None] | None = None) -> list[TaskResult]:
+    """Run every task in the files; raise BadInput/SpecError only before anything ran."""
+    tasks = load_all(task_paths)
+    if importlib.util.find_spec("finetune_trainer") is None:
+        raise BadInput("the trainer is not installed here: pip install 'finetune-operator[trainer]'")
+    say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    results = []
+    for task in tasks:
+        res = run_task(task, output=output, profile=profile, force=force, say=say)
+        results.append(res)
+        print_status(res, out)
+        if res.status.phase in ("Failed", "Skipped"):
+            say(f"  {res.status.phase.lower()}: {res.status.message}")
+        if res.exit_code == EXIT_INTERRUPTED:
+            break
+    out.write("\n" + format_table([r.row for r in results]) + "\n")
+    out.flush()
+    return results
+
+
+def run_local(task_paths: list[str], *, output: str | None = None, profile: str | None = None,
+              force: bool = False) -> int:
+    """The `finetune run --local` command: 0 all succeeded or skipped, 2 bad input, 1 other
+    failures, 130 interrupted. Bad input prints one line, never a traceback."""
+    try:
+        results = run_tasks(list(task_paths), output=output, profile=profile, force=force)
+    except (BadInput, SpecError, StorageError) as err:
+        print(f"finetune run: {one_line(str(err))}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("finetune run: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    codes = [r.exit_code for r in results]
+    for code in (EXIT_INTERRUPTED, EXIT_FAILED, EXIT_BAD_INPUT):
+        if code in codes:
+            return code
+    return EXIT_OK
