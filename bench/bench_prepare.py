@@ -1,0 +1,144 @@
+"""Benchmark data preparation: 1,000,000 synthetic records (10% duplicates) in local files.
+
+Ours (`prepare_run` on local paths: parse, detect, clean, dedupe, split, write) against a naive
+pandas baseline (read_json + drop_duplicates + sample + write) in the same run. Each side runs
+in its own subprocess pinned to one CPU core; its wall time and peak RSS (the child's own
+ru_maxrss, from os.wait4) are measured from outside. Targets: >= 200k records/s and < 2 GiB.
+
+    python bench/bench_prepare.py [--records N] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET_RATE = 200_000
+TARGET_RSS = 2 * 1024**3
+WORDS = ("ticket printer login invoice refund password error network slow crash update "
+         "account billing email order delivery café naïve résumé 東京 payment server disk "
+         "please help urgent cannot open reset broken missing").split()
+
+
+def generate(folder: Path, records: int, files: int = 4, seed: int = 7) -> None:
+    """Alpaca JSONL files; 10% of the records repeat an earlier one (exact duplicates)."""
+    rng = random.Random(seed)
+    unique = records - records // 10
+    rows: list[str] = []
+    for i in range(unique):
+        instruction = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 30))) + f" #{i}"
+        extra = " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 12)))
+        output = rng.choice(("bug", "billing", "account", "question")) + " " + \
+            " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 15)))
+        rows.append(json.dumps({"instruction": instruction, "input": extra, "output": output},
+                               ensure_ascii=False))
+    rows += [rows[rng.randrange(unique)] for _ in range(records - unique)]
+    rng.shuffle(rows)
+    folder.mkdir(parents=True, exist_ok=True)
+    per = -(-len(rows) // files)
+    for f in range(files):
+        (folder / f"part-{f:02d}.jsonl").write_text("\n".join(rows[f * per:(f + 1) * per]) + "\n",
+                                                   encoding="utf-8")
+
+
+def run_ours(data: str, out: str) -> dict:
+    from finetune_operator.contract import RunLayout
+    from finetune_operator.prepare import prepare_run
+    from finetune_operator.spec import FineTuneTaskSpec
+    from finetune_operator.storage import Storage
+
+    spec = FineTuneTaskSpec.model_validate(
+        {"baseModel": {"name": "x"}, "dataset": {"uri": data + "/", "maxBytes": 2 * 1024**3},
+         "output": {"uri": out}}, context={"allow_local_paths": True})
+    layout = RunLayout(root=out, namespace="bench", task="prepare", run_id=spec.run_id())
+    m = prepare_run(spec, layout, Storage())
+    return {"read": m.records_read, "kept": m.records_kept, "train": m.train_samples,
+            "validation": m.validation_samples}
+
+
+def run_pandas(data: str, out: str) -> dict:
+    import pandas as pd
+
+    frames = [pd.read_json(p, lines=True, dtype=False) for p in sorted(Path(data).glob("*.jsonl"))]
+    df = pd.concat(frames, ignore_index=True)
+    read = len(df)
+    df = df.drop_duplicates(subset=["instruction", "input", "output"])
+    val = df.sample(frac=0.1, random_state=42)
+    train = df.drop(val.index)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    train.to_json(Path(out) / "train.jsonl", orient="records", lines=True, force_ascii=False)
+    val.to_json(Path(out) / "validation.jsonl", orient="records", lines=True, force_ascii=False)
+    return {"read": read, "kept": len(df), "train": len(train), "validation": len(val)}
+
+
+def child(which: str, data: str, out: str) -> None:
+    """Runs inside the measured subprocess: one core, time the work only, print a JSON line."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    start = time.perf_counter()
+    counts = (run_ours if which == "ours" else run_pandas)(data, out)
+    counts["seconds"] = time.perf_counter() - start
+    print(json.dumps(counts))
+
+
+def measure(which: str, data: Path, out: Path) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ARROW_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, __file__, "--child", which, str(data), str(out)],
+                            stdout=subprocess.PIPE, env=env)
+    stdout = proc.stdout.read() if proc.stdout else b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{which} failed with exit code {proc.returncode}")
+    result = json.loads(stdout.decode().strip().splitlines()[-1])
+    result["peak_rss"] = usage.ru_maxrss * 1024  # Linux reports KiB
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--keep", help="Keep the generated data and outputs in this folder")
+    parser.add_argument("--child", nargs=3, metavar=("WHICH", "DATA", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return 0
+    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-prepare-"))
+    try:
+        data = root / "data"
+        if not data.exists():
+            t = time.perf_counter()
+            generate(data, args.records)
+            size = sum(p.stat().st_size for p in data.iterdir())
+            print(f"generated {args.records:,} records ({size / 1e6:.0f} MB) in "
+                  f"{time.perf_counter() - t:.1f}s")
+        results = {w: measure(w, data, root / f"out-{w}") for w in ("ours", "pandas")}
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    print(f"\n{'':8} {'records/s':>11} {'seconds':>8} {'peak RSS':>10} {'kept':>9} "
+          f"{'train':>8} {'valid':>7}")
+    for which, r in results.items():
+        rate = r["read"] / r["seconds"]
+        r["rate"] = rate
+        print(f"{which:8} {rate:>11,.0f} {r['seconds']:>8.2f} {r['peak_rss'] / 2**20:>7.0f} MiB "
+              f"{r['kept']:>9,} {r['train']:>8,} {r['validation']:>7,}")
+    ours, base = results["ours"], results["pandas"]
+    print(f"{'ratio':8} {ours['rate'] / base['rate']:>10.2f}x {'':8} "
+          f"{ours['peak_rss'] / base['peak_rss']:>9.2f}x (ours / pandas)")
+    ok = ours["rate"] >= TARGET_RATE and ours["peak_rss"] < TARGET_RSS
+    print(f"\ntarget >= {TARGET_RATE:,} records/s and < 2 GiB peak RSS: {'met' if ok else 'MISSED'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
