@@ -37,10 +37,10 @@ from .storage import Credentials, Storage, StorageError, is_s3, parse_s3
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 PROGRESS_PREFIX = "FINETUNE_PROGRESS "
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-               "WANDB_MODE": "disabled", "AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1",
-               "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONUNBUFFERED": "1",
-               "TOKENIZERS_PARALLELISM": "false"}
+QUIET_ENV = {"WANDB_MODE": "disabled", "AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1",
+             "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
+# Only when the base model is a local folder: a hub id must still be able to download.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 METRICS_MAX_BYTES = 8 * 1024 * 1024
 
 
@@ -160,8 +160,10 @@ def default_profile(spec: Any) -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
-def trainer_env(endpoint: str) -> dict[str, str]:
-    env = {**os.environ, **OFFLINE_ENV}
+def trainer_env(endpoint: str, base_model: str) -> dict[str, str]:
+    """The user's environment wins; we add quiet defaults, offline ones for local models."""
+    defaults = {**QUIET_ENV, **(OFFLINE_ENV if Path(base_model).is_dir() else {})}
+    env = {**defaults, **os.environ, "PYTHONUNBUFFERED": "1"}
     if endpoint:
         env["AWS_ENDPOINT_URL"] = endpoint
     return env
@@ -304,8 +306,8 @@ def run_task(task: Any, *, output: str | None, profile: str | None, force: bool,
     sb.launched(now_iso())
     say(f"  training ({profile} profile, log {work / 'trainer.log'})")
 
-    outcome = run_trainer(layout, config_path, profile, work, trainer_env(storage.endpoint),
-                          Progress(task.name))
+    env = trainer_env(storage.endpoint, spec.base_model.name)
+    outcome = run_trainer(layout, config_path, profile, work, env, Progress(task.name))
     if outcome.interrupted:
         sb.failed("Trained", "Interrupted", f"interrupted: {layout.prefix} has no COMPLETE "
                   "marker, so the next run trains again (the prepared split is reused)")
