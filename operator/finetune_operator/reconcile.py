@@ -247,7 +247,9 @@ def _storage(w: Writer, spec: FineTuneTaskSpec) -> Storage:
         except (StorageError, ValueError) as err:
             raise kopf.TemporaryError(f"{one_line(str(err))}: fix the Secret",
                                       delay=RETRY_LATER) from None
-    w.secrets = creds.secret_values()
+    # The access key id is an identifier, not a secret (and may be a common word): scrub and
+    # guard the secret key and session token.
+    w.secrets = [s.get_secret_value() for s in (creds.secret_access_key, creds.session_token) if s]
     return w.ctx.storage(s3_endpoint(spec, w.ctx.settings), spec.storage.region, creds)
 
 

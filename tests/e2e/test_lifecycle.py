@@ -1,0 +1,255 @@
+"""The FineTuneTask lifecycle end to end: apply -> prepared data -> ConfigMap -> Job -> (the
+harness plays the Job controller and the trainer) -> status with metrics, or a failure reason."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from finetune_operator.contract import (ExactMatch, Metrics, RunLayout, TerminationMessage,
+                                        Verdicts)
+from finetune_operator.devs3 import S3Server
+from finetune_operator.storage import Storage
+
+from .conftest import alpaca_records
+from .harness import Cluster, OperatorProcess, wait_for
+
+pytestmark = pytest.mark.cluster
+
+
+def _dataset(storage: Storage, bucket: str, records: list[dict[str, Any]], key: str) -> str:
+    uri = f"s3://{bucket}/{key}"
+    storage.write_text(uri, "".join(json.dumps(r) + "\n" for r in records))
+    return uri
+
+
+def _spec(s3: S3Server, data_uri: str, bucket: str, **dataset: Any) -> dict[str, Any]:
+    return {
+        "baseModel": {"name": "Qwen/Qwen2.5-0.5B-Instruct"},
+        "dataset": {"uri": data_uri, "validationFraction": 0.2, "minSamples": 20,
+                    "minValidationSamples": 5, **dataset},
+        "output": {"uri": f"s3://{bucket}/runs/"},
+        "storage": {"endpoint": s3.endpoint, "credentialsSecret": "s3-credentials"},
+        "resources": {"gpu": 1, "queueName": "gpu-queue"},
+    }
+
+
+@pytest.fixture()
+def bucket(task_storage: Storage, namespace: str) -> str:
+    name = f"b-{namespace}"
+    task_storage.ensure_bucket(f"s3://{name}/")
+    return name
+
+
+def _write_trainer_output(storage: Storage, status: dict[str, Any], ns: str, name: str,
+                          bucket: str, *, base: float = 2.0, tuned: float = 1.2) -> Metrics:
+    """What the trainer leaves in S3 at the end of a run (contract.Metrics, then COMPLETE)."""
+    layout = RunLayout(root=f"s3://{bucket}/runs/", namespace=ns, task=name,
+                       run_id=status["runId"])
+    m = Metrics(run_id=layout.run_id, base_eval_loss=base, eval_loss=tuned,
+                improvement=Metrics.relative_improvement(base, tuned), train_loss=1.0,
+                best_step=40, verdicts=Verdicts(overfit=False, no_gain=tuned >= base),
+                exact_match=ExactMatch(base=0.2, tuned=0.9, samples=12),
+                adapter_uri=layout.adapter, adapter_digest="sha256:abc")
+    storage.write_text(layout.adapter + "adapter_config.json", "{}")
+    storage.write_text(layout.metrics, m.to_json())
+    storage.write_text(layout.complete_marker, "ok")
+    return m
+
+
+def _cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status.get("conditions", []) if c["type"] == type_)
+
+
+def _calls_on(cluster_calls: list[dict[str, Any]], name: str, since: float) -> list[Any]:
+    return [c for c in cluster_calls if c["t"] >= since and name in (c["name"] or "")]
+
+
+def test_happy_path_to_succeeded(cluster: Cluster, operator: OperatorProcess, namespace: str,
+                                 bucket: str, task_storage: Storage, s3_server: S3Server) -> None:
+    ns, name = namespace, "triage"
+    uri = _dataset(task_storage, bucket, alpaca_records(60), "data/triage.jsonl")
+    cluster.apply_task(ns, name, _spec(s3_server, uri, bucket))
+    st = cluster.wait_phase(ns, name, "Training")
+    assert st["observedGeneration"] == 1
+    assert st["data"]["trainSamples"] + st["data"]["validationSamples"] == 60
+    for type_ in ("DataReady", "ConfigRendered", "JobCreated"):
+        assert _cond(st, type_)["status"] == "True"
+    job_name = st["job"]["name"]
+    [job] = cluster.jobs(ns)
+    [cm] = cluster.configmaps(ns)
+    assert job["metadata"]["name"] == cm["metadata"]["name"] == job_name
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert "runs/" in cm["data"]["axolotl.yaml"]  # paths point at the prepared split
+
+    cluster.start_job(ns, job_name)
+    wait_for(lambda: cluster.status(ns, name).get("job", {}).get("startTime"), 15,
+             "the timer to record the Job's start")
+    m = _write_trainer_output(task_storage, st, ns, name, bucket)
+    cluster.complete_job(ns, job_name)
+    st = cluster.wait_phase(ns, name, "Succeeded")
+    assert st["metrics"]["evalLoss"] == pytest.approx(m.eval_loss)
+    assert st["metrics"]["baseEvalLoss"] == pytest.approx(m.base_eval_loss)
+    assert st["metrics"]["improvement"] == pytest.approx(0.4)
+    assert st["adapter"]["uri"] == m.adapter_uri
+    assert _cond(st, "Ready")["status"] == "True"
+    assert _cond(st, "Evaluated")["reason"] == "Improved"
+    reasons = {e["reason"] for e in cluster.events(ns)}
+    assert {"RunStarted", "DataReady", "ConfigRendered", "JobCreated", "Improved"} <= reasons
+    metrics = operator.metrics_text()
+    assert f'finetune_task_eval_loss{{namespace="{ns}",task="{name}"}} 1.2' in metrics
+    assert f'finetune_runs_finished_total{{namespace="{ns}",reason="Improved",result="succeeded"' \
+           in metrics
+
+
+def test_spec_change_starts_a_second_run(cluster: Cluster, operator: OperatorProcess,
+                                         namespace: str, bucket: str, task_storage: Storage,
+                                         s3_server: S3Server) -> None:
+    ns, name = namespace, "change"
+    uri = _dataset(task_storage, bucket, alpaca_records(60), "d.jsonl")
+    cluster.apply_task(ns, name, _spec(s3_server, uri, bucket))
+    first = cluster.wait_phase(ns, name, "Training")
+    cluster.patch_spec(ns, name, {"training": {"epochs": 2}})
+    second = wait_for(lambda: (s := cluster.status(ns, name)).get("runId") != first["runId"]
+                      and s.get("phase") == "Training" and s, 30, "the second run's Job")
+    assert second["observedGeneration"] == 2
+    names = [j["metadata"]["name"] for j in cluster.jobs(ns)]
+    # The superseded run's Job (and ConfigMap) are deleted: one Job per task at a time.
+    assert names == [second["job"]["name"]]
+    assert [c["metadata"]["name"] for c in cluster.configmaps(ns)] == names
+    assert any(e["reason"] == "Superseded" for e in cluster.events(ns))
+
+
+def test_duplicate_delivery_and_restart_keep_one_job(
+        cluster: Cluster, operator: OperatorProcess, api_server: Any, namespace: str,
+        bucket: str, task_storage: Storage, s3_server: S3Server) -> None:
+    ns, name = namespace, "restart"
+    uri = _dataset(task_storage, bucket, alpaca_records(60), "d.jsonl")
+    cluster.apply_task(ns, name, _spec(s3_server, uri, bucket))
+    st = cluster.wait_phase(ns, name, "Training")
+    # Duplicate delivery: the same object is re-sent (an annotation-only change re-triggers
+    # a watch event; a restart replays every object as ADDED).
+    cluster._call(cluster.custom.patch_namespaced_custom_object, "finetune.v-sekai.org",
+                  "v1alpha1", ns, "finetunetasks", name,
+                  {"metadata": {"annotations": {"touch": "1"}}},
+                  _content_type="application/merge-patch+json")
+    operator.kill()
+    operator.start()
+    since = time.monotonic()
+    # The restarted operator resumes the task; let it settle, then count.
+    wait_for(lambda: any(c["verb"] == "get" and c["resource"] == "jobs"
+                         for c in _calls_on(api_server.emulator.calls, name, since)), 20,
+             "the resumed operator to look at the Job")
+    assert len(cluster.jobs(ns)) == 1
+    creates = [c for c in api_server.emulator.calls
+               if c["verb"] == "create" and c["resource"] == "jobs" and c["namespace"] == ns]
+    assert len(creates) == 1
+    # The run goes on after the restart.
+    _write_trainer_output(task_storage, st, ns, name, bucket)
+    cluster.complete_job(ns, st["job"]["name"])
+    cluster.wait_phase(ns, name, "Succeeded")
+
+
+def test_bad_data_fails_once_without_retry_storm(
+        cluster: Cluster, operator: OperatorProcess, api_server: Any, namespace: str,
+        bucket: str, task_storage: Storage, s3_server: S3Server) -> None:
+    ns, name = namespace, "bad"
+    uri = f"s3://{bucket}/bad.jsonl"
+    task_storage.write_text(uri, "".join("{not json at all\n" for _ in range(50)))
+    cluster.apply_task(ns, name, _spec(s3_server, uri, bucket, strict=True))
+    st = cluster.wait_phase(ns, name, "Failed")
+    cond = _cond(st, "DataReady")
+    assert cond["status"] == "False" and cond["reason"] in ("Malformed", "BadFormat", "NoData")
+    assert st["message"] and "\n" not in st["message"]
+    assert any(e["type"] == "Warning" for e in cluster.events(ns))
+    assert cluster.jobs(ns) == []
+    since = time.monotonic()
+    time.sleep(3)  # a window in which a retry storm would show (Kopf's retry is ~1 s)
+    writes = [c for c in _calls_on(api_server.emulator.calls, name, since)
+              if c["verb"] in ("patch", "create")]
+    assert writes == []
+
+
+def test_below_min_samples_is_skipped(cluster: Cluster, operator: OperatorProcess,
+                                      namespace: str, bucket: str, task_storage: Storage,
+                                      s3_server: S3Server) -> None:
+    ns, name = namespace, "small"
+    uri = _dataset(task_storage, bucket, alpaca_records(12), "small.jsonl")
+    cluster.apply_task(ns, name, _spec(s3_server, uri, bucket, minSamples=50))
+    st = cluster.wait_phase(ns, name, "Skipped")
+    assert _cond(st, "DataReady")["reason"] == "TooFewSamples"
+    assert "50" in st["message"]
+    assert cluster.jobs(ns) == []
+
+
+def test_infrequent_is_skipped_after_preparing(cluster: Cluster, operator: OperatorProcess,
+                                               namespace: str, bucket: str,
+                                               task_storage: Storage, s3_server: S3Server) -> None:
+    ns, name = namespace, "rare"
+    uri = _dataset(task_storage, bucket, alpaca_records(60), "d.jsonl")
+    cluster.apply_task(ns, name, {**_spec(s3_server, uri, bucket), "infrequent": True})
+    st = cluster.wait_phase(ns, name, "Skipped")
+    assert _cond(st, "DataReady")["status"] == "True"
+    assert "infrequent" in st["message"]
+    assert cluster.jobs(ns) == []
+
+
+def test_job_failure_reports_the_termination_message(
+        cluster: Cluster, operator: OperatorProcess, namespace: str, bucket: str,
+        task_storage: Storage, s3_server: S3Server) -> None:
+    ns, name = namespace, "fails"
+    uri = _dataset(task_storage, bucket, alpaca_records(60), "d.jsonl")
+    cluster.apply_task(ns, name, _spec(s3_server, uri, bucket))
+    st = cluster.wait_phase(ns, name, "Training")
+    msg = TerminationMessage(ok=False, reason="BaseModelNotFound",
+                             message="base model Qwen/nope not found on the hub: check baseModel")
+    cluster.fail_job(ns, st["job"]["name"], termination=msg.encode())
+    st = cluster.wait_phase(ns, name, "Failed")
+    cond = _cond(st, "Trained")
+    assert (cond["status"], cond["reason"]) == ("False", "BaseModelNotFound")
+    assert "check baseModel" in st["message"]
+    assert any(e["reason"] == "BaseModelNotFound" and e["type"] == "Warning"
+               for e in cluster.events(ns))
+
+
+def test_suspend_before_launch_then_resume(cluster: Cluster, operator: OperatorProcess,
+                                           namespace: str, bucket: str, task_storage: Storage,
+                                           s3_server: S3Server) -> None:
+    ns, name = namespace, "paused"
+    uri = _dataset(task_storage, bucket, alpaca_records(60), "d.jsonl")
+    cluster.apply_task(ns, name, {**_spec(s3_server, uri, bucket), "suspend": True})
+    st = cluster.wait_phase(ns, name, "Suspended")
+    assert _cond(st, "JobCreated")["reason"] == "Suspended" and cluster.jobs(ns) == []
+    cluster.patch_spec(ns, name, {"suspend": False})
+    cluster.wait_phase(ns, name, "Training")
+    assert len(cluster.jobs(ns)) == 1
+    cluster.patch_spec(ns, name, {"suspend": True})
+    cluster.wait_phase(ns, name, "Suspended")
+    assert cluster.jobs(ns)[0]["spec"]["suspend"] is True
+
+
+def test_deletion_leaves_children_to_the_garbage_collector(
+        cluster: Cluster, operator: OperatorProcess, namespace: str, bucket: str,
+        task_storage: Storage, s3_server: S3Server) -> None:
+    ns, name = namespace, "gone"
+    uri = _dataset(task_storage, bucket, alpaca_records(60), "d.jsonl")
+    cluster.apply_task(ns, name, _spec(s3_server, uri, bucket))
+    cluster.wait_phase(ns, name, "Training")
+    task = cluster.task(ns, name)
+    assert task is not None
+    uid = task["metadata"]["uid"]
+    # Only Kopf's own finalizer (its timer follows running Jobs), lifted when the task goes.
+    assert task["metadata"].get("finalizers", []) in ([], ["finetune.v-sekai.org/finalizer"])
+    for child in cluster.jobs(ns) + cluster.configmaps(ns):
+        [owner] = child["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+            "FineTuneTask", name, uid, True)
+    cluster.delete_task(ns, name)
+    wait_for(lambda: cluster.task(ns, name) is None, 20, "the task to be deleted")
+    assert sorted(cluster.collect_garbage(ns, uid)) == [f"configmap/{name}-{task['status']['runId']}",
+                                                        f"job/{name}-{task['status']['runId']}"]
+    time.sleep(2)  # the operator must not recreate children of a deleted task
+    assert cluster.jobs(ns) == [] and cluster.configmaps(ns) == []
