@@ -1,0 +1,123 @@
+"""`finetune prepare TASK.yaml` as a user runs it: a real subprocess, AWS_* in its environment
+pointing at the real SeaweedFS server. Exit 0 prints the manifest as JSON; bad input exits 2
+with one line on stderr and never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from finetune_operator.contract import Manifest
+from finetune_operator.devs3 import S3Server
+from finetune_operator.storage import Storage
+
+pytestmark = pytest.mark.s3
+
+
+def task_yaml(tmp_path: Path, dataset: dict, output: str, **doc: object) -> Path:
+    body = {"apiVersion": "finetune.v-sekai.org/v1alpha1", "kind": "FineTuneTask",
+            "metadata": {"name": "triage", "namespace": "ml"},
+            "spec": {"baseModel": {"name": "Qwen/Qwen2.5-0.5B-Instruct"}, "dataset": dataset,
+                     "output": {"uri": output}}}
+    body.update(doc)
+    path = tmp_path / "task.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def finetune(path: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    full.update(env)
+    return subprocess.run([sys.executable, "-m", "finetune_operator", "prepare", str(path), *extra],
+                          env=full, capture_output=True, text=True, timeout=120)
+
+
+def rows(n: int) -> str:
+    return "".join(json.dumps({"prompt": f"ticket {i}: printer on fire?", "completion": "hardware"})
+                   + "\n" for i in range(n))
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], starts: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.endswith("\n") and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(starts), proc.stderr
+
+
+def test_prints_the_manifest(tmp_path: Path, s3_server: S3Server, storage: Storage, bucket: str) -> None:
+    storage.write_text(f"s3://{bucket}/data/a.jsonl", rows(130) + rows(5) + "{broken\n")
+    path = task_yaml(tmp_path, {"uri": f"s3://{bucket}/data/"}, f"s3://{bucket}/runs")
+    proc = finetune(path, s3_server.env())
+    assert proc.returncode == 0, proc.stderr
+    manifest = Manifest.model_validate_json(proc.stdout)
+    assert (manifest.records_read, manifest.records_kept) == (136, 130)
+    assert (manifest.train_samples, manifest.validation_samples) == (117, 13)
+    assert (manifest.dropped.duplicate, manifest.dropped.malformed) == (5, 1)
+    assert manifest.train.uri.startswith(f"s3://{bucket}/runs/ml/triage/r")
+    assert storage.exists(manifest.train.uri.replace("train.jsonl", "manifest.json"))
+
+
+def test_output_override_to_a_local_directory(tmp_path: Path, s3_server: S3Server, storage: Storage,
+                                              bucket: str) -> None:
+    storage.write_text(f"s3://{bucket}/data/a.jsonl", rows(120))
+    path = task_yaml(tmp_path, {"uri": f"s3://{bucket}/data/a.jsonl"}, f"s3://{bucket}/runs")
+    proc = finetune(path, s3_server.env(), "--output", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    assert Path(manifest["train"]["uri"]).is_file()
+    assert len(Path(manifest["validation"]["uri"]).read_text().splitlines()) == 12
+
+
+def test_bad_data_is_one_line_exit_2(tmp_path: Path, s3_server: S3Server, storage: Storage,
+                                     bucket: str) -> None:
+    storage.write_text(f"s3://{bucket}/data/a.jsonl", rows(40))
+    path = task_yaml(tmp_path, {"uri": f"s3://{bucket}/data/a.jsonl"}, f"s3://{bucket}/runs")
+    assert_one_line_error(finetune(path, s3_server.env()),
+                          f"finetune prepare: only 40 usable records of 40 read from s3://{bucket}/")
+
+
+def test_bad_line_in_strict_mode_names_object_and_line(tmp_path: Path, s3_server: S3Server,
+                                                       storage: Storage, bucket: str) -> None:
+    storage.write_text(f"s3://{bucket}/data/a.jsonl", rows(100) + "{broken\n" + rows(20))
+    path = task_yaml(tmp_path, {"uri": f"s3://{bucket}/data/a.jsonl", "strict": True},
+                     f"s3://{bucket}/runs")
+    assert_one_line_error(finetune(path, s3_server.env()),
+                          f"finetune prepare: strict: s3://{bucket}/data/a.jsonl:101 would be dropped "
+                          "as malformed (not valid JSON")
+
+
+def test_wrong_credentials_never_print_the_secret(tmp_path: Path, s3_server: S3Server,
+                                                  storage: Storage, bucket: str) -> None:
+    storage.write_text(f"s3://{bucket}/data/a.jsonl", rows(120))
+    path = task_yaml(tmp_path, {"uri": f"s3://{bucket}/data/"}, f"s3://{bucket}/runs")
+    env = {**s3_server.env(), "AWS_SECRET_ACCESS_KEY": "definitely-wrong-secret"}
+    proc = finetune(path, env)
+    assert_one_line_error(proc, "finetune prepare: S3 refused the credentials")
+    assert "definitely-wrong-secret" not in proc.stderr
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    ({"kind": "ConfigMap", "apiVersion": "v1"},
+     "not a FineTuneTask: kind='ConfigMap' apiVersion='v1'"),
+    ({"spec": "nope"}, "not a FineTuneTask: spec is missing"),
+])
+def test_yaml_that_is_not_a_finetunetask(tmp_path: Path, s3_server: S3Server, doc: dict,
+                                         message: str) -> None:
+    path = task_yaml(tmp_path, {"uri": "s3://abc/x/"}, "s3://abc/runs", **doc)
+    proc = finetune(path, s3_server.env())
+    assert_one_line_error(proc, f"finetune prepare: {path}: ")
+    assert message in proc.stderr
+
+
+def test_yaml_that_does_not_parse(tmp_path: Path, s3_server: S3Server) -> None:
+    path = tmp_path / "task.yaml"
+    path.write_text("kind: FineTuneTask\nspec: [unclosed\n")
+    assert_one_line_error(finetune(path, s3_server.env()), f"finetune prepare: {path}:")
