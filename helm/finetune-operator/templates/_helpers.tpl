@@ -1,0 +1,108 @@
+{{/*
+Names, labels and the operator's RBAC rules: the one place each is defined.
+*/}}
+
+{{- define "finetune-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Release-scoped name of namespaced objects; the release name alone when it already holds the chart name. */}}
+{{- define "finetune-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Cluster-scoped names must not collide between releases in different namespaces. */}}
+{{- define "finetune-operator.clusterName" -}}
+{{- printf "%s-%s" (include "finetune-operator.fullname" .) .Release.Namespace | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "finetune-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "finetune-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "finetune-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "finetune-operator.labels" -}}
+helm.sh/chart: {{ include "finetune-operator.chart" . }}
+{{ include "finetune-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: finetune-operator
+{{- end }}
+
+{{- define "finetune-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "finetune-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "finetune-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/*
+Rules the operator needs in every namespace it serves: a ClusterRole in cluster mode, a Role per
+watched namespace otherwise. Exactly the API calls the operator makes; each verb says why.
+tests/integration/test_helm.py pins this table.
+*/}}
+{{- define "finetune-operator.namespacedRules" -}}
+- apiGroups: [finetune.v-sekai.org]
+  resources: [finetunetasks]
+  # get/list/watch: Kopf's watch stream; patch: Kopf's finalizer and progress annotations.
+  verbs: [get, list, watch, patch]
+- apiGroups: [finetune.v-sekai.org]
+  resources: [finetunetasks/status]
+  # get: read back status; patch/update: phase, conditions, metrics through the status subresource.
+  verbs: [get, patch, update]
+- apiGroups: [batch]
+  resources: [jobs]
+  # create: one trainer Job per run; get/list/watch: follow it; patch: suspend/resume it
+  # (spec.suspend); delete: remove a superseded run's Job.
+  verbs: [get, list, watch, create, delete, patch]
+- apiGroups: [""]
+  resources: [configmaps]
+  # create: the run's rendered Axolotl config; get: create-if-absent on retries; delete: superseded runs.
+  verbs: [get, create, delete]
+- apiGroups: [""]
+  resources: [secrets]
+  # get: the task's S3 credentials (spec.storage.credentialsSecret) for data preparation. No list/watch.
+  verbs: [get]
+- apiGroups: [""]
+  resources: [pods]
+  # get/list: find the trainer pod of a Job to read its termination message.
+  verbs: [get, list]
+- apiGroups: [""]
+  resources: [pods/log]
+  # get: the tail of a failed trainer's log for the task's status message.
+  verbs: [get]
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  # create/patch: Kopf and the operator post events on tasks (patch: repeated events are counted).
+  verbs: [create, patch]
+{{- end }}
+
+{{/* Cluster-scoped rules Kopf itself needs, only in cluster mode (see docs/install.md). */}}
+{{- define "finetune-operator.clusterRules" -}}
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  # get/list/watch: Kopf discovers the FineTuneTask resource and notices CRD changes at runtime.
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [namespaces]
+  # get/list/watch: Kopf serves tasks in namespaces created after it started.
+  verbs: [get, list, watch]
+{{- end }}
