@@ -58,6 +58,10 @@ test-quick: venv tools ## Everything except the tests marked slow
 crds: venv ## Regenerate crds/ from the pydantic spec
 	$(PY) -m finetune_operator.crdgen > crds/finetunetasks.finetune.v-sekai.org.yaml
 
+.PHONY: manifests
+manifests: venv tools ## Regenerate the chart's CRD template and manifests/ (after `make crds` or a chart change)
+	$(PY) scripts/gen_manifests.py
+
 .PHONY: lock
 lock: ## Re-resolve constraints.txt (the pins the image and the tests share)
 	$(PY) scripts/lock.py
