@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FINETUNE_", extra="ignore")
 
-    namespaces: list[str] = Field(
+    # NoDecode: the env value is comma-separated (a,b), not JSON; _split parses it.
+    namespaces: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Namespaces to watch; empty = the whole cluster."
     )
     trainer_image: str = Field("ghcr.io/v-sekai/finetune-trainer:0.1.0")
