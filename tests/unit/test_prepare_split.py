@@ -132,3 +132,16 @@ def test_the_seed_changes_the_split() -> None:
     b = {ident(e) for e in split(records, fraction=0.1, seed=2, min_validation=1).validation}
     assert a != b
     random.Random(0)  # (no global RNG is used by split)
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ([], [0, 0, 0]),
+    ([7], [7, 7, 7]),
+    (list(range(1, 101)), [50, 95, 100]),
+    ([1, 1, 1, 1, 1, 1, 1, 1, 1, 9], [1, 9, 9]),
+    ([3, 1, 2], [2, 3, 3]),
+])
+def test_length_percentiles_are_nearest_rank(values: list[int], expected: list[int]) -> None:
+    from finetune_operator.prepare.pipeline import _percentiles
+
+    assert _percentiles(values, 50, 95, 100) == expected

@@ -96,17 +96,22 @@ class Cleaner:
 
     def add(self, prompt: Prompt, output: str, src: int, line: int, stratum: str | None = None) -> None:
         output = output.strip() if output.isascii() else norm(output)
-        if prompt:
+        if len(prompt) == 1:  # the common single-turn case, spelled out: it runs per record
+            role, content = prompt[0]
+            content = content.strip() if content.isascii() else norm(content)
+            prompt = ((role, content),)
+            chars = len(output) + len(content)
+            has_user = role == "user" and content != ""
+        else:
             prompt = normalize_prompt(prompt)
-            if not any(c for r, c in prompt if r == "user"):
-                self.log.drop("empty", src, line, "empty prompt")
-                return
+            chars = len(output) + sum([len(c) for _, c in prompt])
+            has_user = not prompt or any([c for r, c in prompt if r == "user"])
+        if not has_user:
+            self.log.drop("empty", src, line, "empty prompt")
+            return
         if not output:
             self.log.drop("empty", src, line, "empty answer")
             return
-        chars = len(output)
-        for _, content in prompt:
-            chars += len(content)
         if chars > self.max_chars:
             self.log.drop("tooLong", src, line, f"{chars} characters, over maxChars {self.max_chars}")
             return
@@ -116,10 +121,11 @@ class Cleaner:
                 self.log.drop("tooLong", src, line, f"{tokens} tokens, over {self.max_tokens}")
                 return
         key = (prompt, output)
-        if key in self._seen:
+        seen = self._seen
+        if key in seen:
             self.log.drop("duplicate", src, line, f"same as {self._first(key)}")
             return
-        self._seen.add(key)
+        seen.add(key)
         self.kept.append(Example(prompt, output, src, line, stratum, chars))
 
     def _first(self, key: tuple[Prompt, str]) -> str:

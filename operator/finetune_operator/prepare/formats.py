@@ -88,8 +88,14 @@ def _field(rec: dict[str, Any], key: str) -> str:
 
 
 def alpaca(rec: dict[str, Any]) -> tuple[Prompt, str]:
-    instruction = _field(rec, "instruction")
-    output = _field(rec, "output")
+    try:
+        instruction, output = rec["instruction"], rec["output"]
+    except KeyError as err:
+        raise Bad(f"missing field {err.args[0]!r}") from None
+    if type(instruction) is not str:
+        instruction = text(instruction, "instruction")
+    if type(output) is not str:
+        output = text(output, "output")
     extra = rec.get("input")
     if extra is not None and type(extra) is not str:
         extra = text(extra, "input")

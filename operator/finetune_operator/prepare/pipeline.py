@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import io
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -167,24 +168,32 @@ def _write(storage: Storage, uri: str, examples: list[Example], chunk: int = 819
     return FileDigest(uri=uri, sha256=sha.hexdigest(), records=len(examples), bytes=len(body))
 
 
-def _pct(sorted_values: list[int], percent: int) -> int:
-    """Nearest-rank percentile of an ascending list, in integers (0 when empty)."""
-    if not sorted_values:
-        return 0
-    rank = max(1, (percent * len(sorted_values) + 99) // 100)
-    return sorted_values[rank - 1]
+def _percentiles(values: list[int], *percents: int) -> list[int]:
+    """Nearest-rank percentiles in integers (0 when empty). Counting, not sorting: lengths
+    repeat a lot, and this runs over every kept record."""
+    if not values:
+        return [0] * len(percents)
+    counts = sorted(Counter(values).items())
+    out = []
+    for p in percents:
+        rank, seen = max(1, (p * len(values) + 99) // 100), 0
+        for value, count in counts:
+            seen += count
+            if seen >= rank:
+                out.append(value)
+                break
+    return out
 
 
 def lengths(parts: Split) -> LengthStats:
     """Character statistics of all kept records; output_chars_train sums train answers."""
-    every = parts.train + parts.validation
-    output = [len(ex.output) for ex in every]
-    total = [ex.chars for ex in every]
-    prompt = sorted([t - o for t, o in zip(total, output)])
-    output_train = sum(output[: len(parts.train)])
-    output.sort()
-    total.sort()
-    return LengthStats(prompt_p50=_pct(prompt, 50), prompt_p95=_pct(prompt, 95),
-                       output_p50=_pct(output, 50), output_p95=_pct(output, 95),
-                       total_p50=_pct(total, 50), total_p95=_pct(total, 95),
-                       total_max=total[-1] if total else 0, output_chars_train=output_train)
+    output = [len(ex.output) for ex in parts.train]
+    output_train = sum(output)
+    output += [len(ex.output) for ex in parts.validation]
+    total = [ex.chars for ex in parts.train] + [ex.chars for ex in parts.validation]
+    prompt = [t - o for t, o in zip(total, output)]
+    p50, p95 = _percentiles(prompt, 50, 95)
+    o50, o95 = _percentiles(output, 50, 95)
+    t50, t95, t100 = _percentiles(total, 50, 95, 100)
+    return LengthStats(prompt_p50=p50, prompt_p95=p95, output_p50=o50, output_p95=o95,
+                       total_p50=t50, total_p95=t95, total_max=t100, output_chars_train=output_train)

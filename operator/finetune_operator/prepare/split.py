@@ -41,9 +41,18 @@ def digest(seed: int, key: str) -> bytes:
 
 
 def prompt_digests(examples: list[Example], seed: int) -> list[bytes]:
-    """digest(seed, prompt_key(ex)) for each record, with the per-record calls inlined."""
+    """digest(seed, prompt_key(ex)) for each record, with the single-turn case inlined."""
     sha, prefix = hashlib.sha256, f"{seed}\x00"
-    return [sha((prefix + prompt_key(ex)).encode("utf-8")).digest() for ex in examples]
+    out = []
+    append = out.append
+    for ex in examples:
+        prompt = ex.prompt
+        if len(prompt) == 1:
+            key = prefix + prompt[0][0] + "\x1f" + prompt[0][1]
+        else:
+            key = prefix + prompt_key(ex)
+        append(sha(key.encode("utf-8")).digest())
+    return out
 
 
 def validation_target(n: int, fraction: float) -> int:
