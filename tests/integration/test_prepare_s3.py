@@ -201,6 +201,13 @@ def test_prefix_without_data_objects(storage: Storage, bucket: str) -> None:
     assert str(err) == f"no objects at s3://{bucket}/nothing/"
 
 
+def test_single_object_of_an_unsupported_type(storage: Storage, bucket: str) -> None:
+    put(storage, f"s3://{bucket}/d/data.txt", "instruction,output\nq,a\n")
+    err = prepare_error(storage, make_spec(f"s3://{bucket}/d/data.txt", bucket))
+    assert (err.reason, str(err)) == ("BadFormat", f"s3://{bucket}/d/data.txt: unsupported file type; "
+                                                   "use one of .jsonl, .json, .csv, .parquet")
+
+
 def test_object_over_the_size_cap(storage: Storage, bucket: str) -> None:
     put(storage, f"s3://{bucket}/d/a.jsonl", alpaca_lines(150))
     size = storage.list(f"s3://{bucket}/d/a.jsonl")[0].size

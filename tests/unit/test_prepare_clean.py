@@ -103,3 +103,14 @@ def test_token_counter_accepts_encode_objects() -> None:
     assert token_counter(HF())("abcd") == 4
     with pytest.raises(TypeError):
         token_counter(42)
+
+
+def test_token_limit_with_a_real_tokenizers_tokenizer() -> None:
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({"[UNK]": 0, "ok": 1}, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    assert token_counter(tok)("ok ok what") == 3
+    c = _cleaner(max_chars=10_000, tokenizer=tok, max_tokens=4)
+    c.add(((U, "a b"),), "c d", 0, 1)
+    c.add(((U, "a b c"),), "d e", 0, 2)
+    assert [e.line for e in c.kept] == [1] and c.log.counts["tooLong"] == 1

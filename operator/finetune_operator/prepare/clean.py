@@ -89,6 +89,10 @@ class Cleaner:
         self.count_tokens = token_counter(tokenizer) if tokenizer is not None else None
         self.max_tokens = max_tokens
         self.kept: list[Example] = []
+        # Lengths of the kept records, collected while they are hot in cache (the manifest's
+        # statistics would otherwise walk a million scattered objects again).
+        self.output_chars: list[int] = []
+        self.total_chars: list[int] = []
         self._seen: set[tuple[Prompt, str]] = set()
 
     def malformed(self, src: int, line: int, detail: str) -> None:
@@ -122,11 +126,14 @@ class Cleaner:
                 return
         key = (prompt, output)
         seen = self._seen
-        if key in seen:
+        size = len(seen)
+        seen.add(key)  # one hash of the nested key instead of two (`in` then `add`)
+        if len(seen) == size:
             self.log.drop("duplicate", src, line, f"same as {self._first(key)}")
             return
-        seen.add(key)
         self.kept.append(Example(prompt, output, src, line, stratum, chars))
+        self.output_chars.append(len(output))
+        self.total_chars.append(chars)
 
     def _first(self, key: tuple[Prompt, str]) -> str:
         if not self.log.strict:

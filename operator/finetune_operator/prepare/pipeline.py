@@ -136,7 +136,7 @@ def _prepare(spec: FineTuneTaskSpec, layout: RunLayout, storage: Storage, *, tok
                            leaked=log.counts["leaked"]),
         drop_refs={r: refs for r, refs in log.refs.items() if refs},
         stratify_by=ds.stratify_by,
-        lengths=lengths(parts),
+        lengths=lengths(parts, cleaner.output_chars, cleaner.total_chars),
         train=train,
         validation=validation,
     )
@@ -185,12 +185,10 @@ def _percentiles(values: list[int], *percents: int) -> list[int]:
     return out
 
 
-def lengths(parts: Split) -> LengthStats:
-    """Character statistics of all kept records; output_chars_train sums train answers."""
-    output = [len(ex.output) for ex in parts.train]
-    output_train = sum(output)
-    output += [len(ex.output) for ex in parts.validation]
-    total = [ex.chars for ex in parts.train] + [ex.chars for ex in parts.validation]
+def lengths(parts: Split, output: list[int], total: list[int]) -> LengthStats:
+    """Character statistics of all kept records (`output` and `total` hold one entry per kept
+    record, in any order); output_chars_train sums the answers that went to train."""
+    output_train = sum(output) - sum([len(ex.output) for ex in parts.validation])
     prompt = [t - o for t, o in zip(total, output)]
     p50, p95 = _percentiles(prompt, 50, 95)
     o50, o95 = _percentiles(output, 50, 95)
