@@ -291,3 +291,18 @@ def test_stratified_split_by_a_source_field(storage: Storage, bucket: str) -> No
     assert m.stratify_by == "label" and m.validation_samples == 20
     rare = [json.loads(x) for x in storage.read_text(m.validation.uri).splitlines()]
     assert sum(1 for r in rare if r["messages"][0]["content"] in {f"ticket {i}" for i in range(0, 200, 10)}) == 2
+
+
+def test_a_prompt_in_two_strata_is_moved_to_train_and_counted(storage: Storage, bucket: str) -> None:
+    uri = f"s3://{bucket}/d/a.jsonl"
+    rows = [{"prompt": f"ticket {i}", "completion": "x", "label": f"l{i % 2}"} for i in range(100)]
+    rows += [{"prompt": f"ambiguous {i // 2}", "completion": f"answer {i}", "label": f"l{i % 2}"}
+             for i in range(40)]  # each ambiguous prompt once per label
+    put(storage, uri, "".join(json.dumps(r) + "\n" for r in rows))
+    spec = make_spec(uri, bucket, stratifyBy="label", seed=1, validationFraction=0.2)
+    m = prepare_run(spec, layout_for(spec), storage)
+    assert (m.dropped.leaked, m.train_samples, m.validation_samples) == (4, 116, 24)
+    assert m.drop_refs["leaked"] == [f"{uri}:{n}" for n in (106, 118, 128, 136)]
+    train = {json.loads(x)["messages"][0]["content"] for x in storage.read_text(m.train.uri).splitlines()}
+    valid = {json.loads(x)["messages"][0]["content"] for x in storage.read_text(m.validation.uri).splitlines()}
+    assert not train & valid

@@ -62,14 +62,18 @@ class DropLog:
         return f"{self.names[src]}:{line}"
 
     def drop(self, reason: str, src: int, line: int, detail: str = "") -> None:
-        where = self.ref(src, line)
         if self.strict:
             why = f" ({detail})" if detail else ""
+            where = self.ref(src, line)
             raise PrepareError("Malformed", f"strict: {where} would be dropped as {reason}{why}; "
                                             "fix it or set spec.dataset.strict to false")
+        self.note(reason, src, line)
+
+    def note(self, reason: str, src: int, line: int) -> None:
+        """Count a record under `reason` without the strict check (a leak is moved, not dropped)."""
         self.counts[reason] += 1
         if len(self.refs[reason]) < MAX_REFS:
-            self.refs[reason].append(where)
+            self.refs[reason].append(self.ref(src, line))
 
     def summary(self) -> str:
         return ", ".join(f"{r} {self.counts[r]}" for r in REASONS if r != "leaked")

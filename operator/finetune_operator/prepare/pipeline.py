@@ -32,7 +32,11 @@ DEFAULT_MAX_TOKENS = 4096
 
 def prepare_run(spec: FineTuneTaskSpec, layout: RunLayout, storage: Storage, *,
                 tokenizer: Any = None, max_tokens: int | None = None) -> Manifest:
-    """Prepare the run's data split (or return the existing one); raise PrepareError."""
+    """Prepare the run's data split (or return the existing one); raise PrepareError.
+
+    With a `tokenizer` (anything with `encode`, or a callable returning a count), records over
+    `max_tokens` tokens (default: spec.training.sequenceLen, else 4096) are dropped as tooLong.
+    """
     try:
         existing = reuse(layout, storage)
         if existing is not None:
@@ -65,12 +69,14 @@ def reuse(layout: RunLayout, storage: Storage) -> Manifest | None:
         manifest = Manifest.model_validate_json(storage.read_bytes(layout.manifest))
     except ValueError:
         return None
+    if manifest.run_id != layout.run_id:
+        return None
     for digest in (manifest.train, manifest.validation):
         if not storage.exists(digest.uri):
             return None
         if hashlib.sha256(storage.read_bytes(digest.uri)).hexdigest() != digest.sha256:
             return None
-    return manifest if manifest.run_id == layout.run_id else None
+    return manifest
 
 
 def _prepare(spec: FineTuneTaskSpec, layout: RunLayout, storage: Storage, *, tokenizer: Any,
@@ -96,7 +102,6 @@ def _prepare(spec: FineTuneTaskSpec, layout: RunLayout, storage: Storage, *, tok
                 malformed(src, line, output)
             else:
                 add(prompt, output, src, line, stratum)
-        del stream  # drop the object's bytes before reading the next one
         if rows.count == 0:
             raise PrepareError("NoData", f"{info.uri} holds no records")
         sources.append(SourceObject(uri=info.uri, etag=info.etag, size=info.size,
@@ -113,9 +118,7 @@ def _prepare(spec: FineTuneTaskSpec, layout: RunLayout, storage: Storage, *, tok
     parts = split(kept, fraction=ds.validation_fraction, seed=ds.seed,
                   min_validation=ds.min_validation_samples, stratify=bool(ds.stratify_by))
     for ex in parts.leaked:
-        log.counts["leaked"] += 1
-        if len(log.refs["leaked"]) < 5:
-            log.refs["leaked"].append(log.ref(ex.src, ex.line))
+        log.note("leaked", ex.src, ex.line)
     fmt = next(iter(formats.values()), ds.format)
     train = _write(storage, layout.train, parts.train)
     validation = _write(storage, layout.validation, parts.validation)
