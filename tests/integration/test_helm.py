@@ -34,7 +34,6 @@ NAMESPACED_RULES = {
 }
 CLUSTER_RULES = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
-    ("", "namespaces"): {"get", "list", "watch"},
 }
 
 
@@ -275,9 +274,6 @@ NOT_EXERCISED_BY_E2E = {
     ("create", "events.k8s.io", "events"): "events.k8s.io/v1 clients",
     ("patch", "events.k8s.io", "events"): "events.k8s.io/v1 aggregation",
     ("get", "apiextensions.k8s.io", "customresourcedefinitions"): "Kopf resource discovery",
-    ("get", "", "namespaces"): "Kopf namespace observation (cluster mode)",
-    ("list", "", "namespaces"): "Kopf namespace observation (cluster mode)",
-    ("watch", "", "namespaces"): "Kopf namespace observation (cluster mode)",
 }
 
 

@@ -95,14 +95,15 @@ tests/integration/test_helm.py pins this table.
   verbs: [create, patch]
 {{- end }}
 
-{{/* Cluster-scoped rules Kopf itself needs, only in cluster mode (see docs/install.md). */}}
+{{/*
+Cluster-scoped rules Kopf itself needs, only in cluster mode (see docs/install.md). No
+`namespaces` grant: a cluster-wide Kopf (1.45) never reads namespaces (its namespace observer
+only lists them for namespace-scoped operators, which get a 403 and use the listed names), and
+the e2e tests record no such call.
+*/}}
 {{- define "finetune-operator.clusterRules" -}}
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   # get/list/watch: Kopf discovers the FineTuneTask resource and notices CRD changes at runtime.
-  verbs: [get, list, watch]
-- apiGroups: [""]
-  resources: [namespaces]
-  # get/list/watch: Kopf serves tasks in namespaces created after it started.
   verbs: [get, list, watch]
 {{- end }}
