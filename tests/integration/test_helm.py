@@ -259,35 +259,3 @@ def test_helm_template_fails_on_broken_values_file(tmp_path: Path) -> None:
     out = helm_template(bad, check=False)
     assert out.returncode != 0 and "interval" in out.stderr
 
-
-API_CALLS = CHART.parents[1] / "tests" / "e2e" / ".api_calls.json"
-# Granted, but no e2e test against kmock exercises them; each is a call the operator makes on a
-# real cluster. Keep this list short: a grant that is neither called nor listed fails the test.
-NOT_EXERCISED_BY_E2E = {
-    ("get", "finetune.v-sekai.org", "finetunetasks/status"): "read-back after a status conflict",
-    ("update", "finetune.v-sekai.org", "finetunetasks/status"): "status replace on conflict",
-    ("patch", "batch", "jobs"): "suspend/resume a running Job (spec.suspend)",
-    ("get", "", "configmaps"): "create-if-absent after a 409 AlreadyExists",
-    ("get", "", "pods"): "the failed trainer pod by name",
-    ("get", "", "pods/log"): "tail of a failed trainer's log",
-    ("patch", "", "events"): "Kopf/client event aggregation on a real API server",
-    ("create", "events.k8s.io", "events"): "events.k8s.io/v1 clients",
-    ("patch", "events.k8s.io", "events"): "events.k8s.io/v1 aggregation",
-    ("get", "apiextensions.k8s.io", "customresourcedefinitions"): "Kopf resource discovery",
-}
-
-
-def test_rbac_grants_nothing_the_operator_does_not_call() -> None:
-    """The other direction of tests/e2e/test_rbac.py, from the calls its last session recorded."""
-    if not API_CALLS.exists():
-        pytest.skip("no tests/e2e/.api_calls.json yet: run `make test-e2e` first")
-    called = {(c["verb"], c["group"], c["resource"]) for c in json.loads(API_CALLS.read_text())}
-    [role] = kinds(render(), "ClusterRole")
-    granted = {(verb, group, resource) for (group, resource), verbs in grants(role["rules"]).items()
-               for verb in verbs}
-    assert not called - granted, f"the operator called ungranted APIs: {sorted(called - granted)}"
-    assert set(NOT_EXERCISED_BY_E2E) <= granted
-    if ("create", "batch", "jobs") not in called:
-        pytest.skip("the recorded e2e session ran no task to training; run all of tests/e2e")
-    unexplained = granted - called - set(NOT_EXERCISED_BY_E2E)
-    assert not unexplained, f"granted but neither called nor documented: {sorted(unexplained)}"
