@@ -45,12 +45,14 @@ def helm(bin_dir: Path) -> None:
 
 
 def promtool(bin_dir: Path) -> None:
-    existing = shutil.which("promtool")
-    if existing:
+    # Both binaries: the e2e tests run a real prometheus server, the integration tests promtool.
+    existing = {name: shutil.which(name) for name in ("promtool", "prometheus")}
+    if all(existing.values()):
         bin_dir.mkdir(parents=True, exist_ok=True)
-        link = bin_dir / "promtool"
-        if not link.exists():
-            os.symlink(existing, link)
+        for name, path in existing.items():
+            link = bin_dir / name
+            if not link.exists():
+                os.symlink(path, link)  # type: ignore[arg-type]
         return
     with tempfile.TemporaryDirectory() as tmp:
         download = ["apt-get", "download", "-q", "prometheus"]
