@@ -85,6 +85,7 @@ def suspend(body: Any, **_: Any) -> None:
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.poll_interval,
+            initial_delay=SETTINGS.poll_interval,  # a Job just created has nothing to say yet
             when=lambda status, **_: status.get("phase") in FOLLOWED_PHASES)
 @_counted
 def follow_job(body: Any, **_: Any) -> None:

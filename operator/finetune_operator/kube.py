@@ -9,14 +9,17 @@ Errors: `ApiError` with the HTTP status and one line; `transient` says a retry m
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
-import uuid
+import os
+import time
 from typing import Any
 
 from . import GROUP, PLURAL, VERSION
 from .contract import one_line
 
 MERGE = "application/merge-patch+json"
+_EVENT_SEQ = itertools.count()
 
 
 class ApiError(Exception):
@@ -170,8 +173,10 @@ class Kube:
         ns = involved["namespace"]
         body = {
             "apiVersion": "v1", "kind": "Event",
-            # Explicit unique name (client-go style) rather than generateName.
-            "metadata": {"name": f"{involved['name']}.{uuid.uuid4().hex[:16]}", "namespace": ns},
+            # Explicit unique name (client-go style: <object>.<hex nanos>) instead of generateName;
+            # pid and a counter keep two events of one instant apart.
+            "metadata": {"name": f"{involved['name']}.{time.time_ns():x}{os.getpid() % 4096:03x}"
+                                 f"{next(_EVENT_SEQ) % 4096:03x}", "namespace": ns},
             "involvedObject": involved, "type": type_, "reason": reason,
             "message": one_line(message, 1000), "firstTimestamp": stamp, "lastTimestamp": stamp,
             "count": 1, "source": {"component": "finetune-operator"},

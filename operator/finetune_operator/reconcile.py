@@ -212,8 +212,8 @@ def _start_run(w: Writer, run_id: str) -> None:
         _api(lambda: w.ctx.kube.delete_configmap(w.task.ref.namespace, old.config_map))
         w.event("Normal", "Superseded", f"spec changed: deleted Job {old.name} of run "
                                         f"{w.status.run_id}")
-    w.commit(new_run(run_id, w.task.generation, now_iso()),
-             ("Normal", "RunStarted", f"run {run_id} started"))
+    # Not committed here: the first step's write carries it (one status patch fewer per run).
+    w.status = new_run(run_id, w.task.generation, now_iso())
     metrics.RUNS_STARTED.labels(w.task.ref.namespace, w.task.ref.name).inc()
 
 
@@ -261,9 +261,10 @@ def _prepare(w: Writer, spec: FineTuneTaskSpec, layout: RunLayout, storage: Stor
             return Manifest.model_validate_json(storage.read_text(layout.manifest, 1 << 20))
         except (StorageError, ValueError):
             pass
+    msg = f"run {layout.run_id}: preparing data from {spec.dataset.uri}"
     w.commit(with_phase(w.cond("DataReady", "Unknown", "Preparing", f"reading {spec.dataset.uri}"),
-                        "Preparing", f"preparing data from {spec.dataset.uri}",
-                        generation=w.task.generation))
+                        "Preparing", msg, generation=w.task.generation),
+             ("Normal", "RunStarted", msg))
     start = time.monotonic()
     try:
         with w.ctx.prep_slots:
@@ -322,9 +323,10 @@ def _render(w: Writer, spec: FineTuneTaskSpec, layout: RunLayout, storage: Stora
     except StorageError as err:
         raise kopf.TemporaryError(w.scrub(str(err)), delay=RETRY_SOON) from None
     _api(lambda: w.ctx.kube.create_configmap(body))
-    name = body["metadata"]["name"]
-    w.commit(w.cond("ConfigRendered", "True", "Rendered", f"ConfigMap {name}"),
-             ("Normal", "ConfigRendered", f"ConfigMap {name} holds the Axolotl config"))
+    # Committed with JobCreated a moment later (one status patch and one Event fewer); if the
+    # launch fails first, the retry re-renders and finds the ConfigMap there (409).
+    w.status = w.cond("ConfigRendered", "True", "Rendered",
+                      f"ConfigMap {body['metadata']['name']} holds the Axolotl config")
 
 
 def _launch(w: Writer, spec: FineTuneTaskSpec, layout: RunLayout) -> bool:
@@ -340,7 +342,7 @@ def _launch(w: Writer, spec: FineTuneTaskSpec, layout: RunLayout) -> bool:
         return False
     body = build_job(ref, layout.run_id, spec, layout, w.ctx.settings)
     _job, created = _api(lambda: w.ctx.kube.create_job(body))
-    msg = f"Job {name} {'created' if created else 'exists'}"
+    msg = f"ConfigMap and Job {name} {'created' if created else 'exist'}"
     new = with_phase(w.cond("JobCreated", "True", "Created", msg), "Training", msg,
                      generation=w.task.generation, job=JobStatus(name=name, config_map=name))
     w.commit(new, ("Normal", "JobCreated", msg))

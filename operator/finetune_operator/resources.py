@@ -20,6 +20,9 @@ from .contract import RunLayout
 from .settings import OperatorSettings
 from .spec import FineTuneTaskSpec
 
+# libyaml when present: the pure-Python emitter costs ~30 ms per config, felt at 1,000 tasks.
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 DOMAIN = "finetune.v-sekai.org"
 LABEL_TASK = f"{DOMAIN}/task"
 LABEL_RUN = f"{DOMAIN}/run"
@@ -101,7 +104,7 @@ def build_configmap(task: TaskRef, run_id: str, config: dict[str, Any]) -> dict[
             "labels": labels(task, run_id),
             "ownerReferences": [task.owner_reference()],
         },
-        "data": {CONFIG_KEY: yaml.safe_dump(config, sort_keys=False)},
+        "data": {CONFIG_KEY: yaml.dump(config, Dumper=_DUMPER, sort_keys=False)},
     }
 
 

@@ -98,7 +98,7 @@ def test_happy_path_to_succeeded(cluster: Cluster, operator: OperatorProcess, na
     assert _cond(st, "Ready")["status"] == "True"
     assert _cond(st, "Evaluated")["reason"] == "Improved"
     reasons = {e["reason"] for e in cluster.events(ns)}
-    assert {"RunStarted", "DataReady", "ConfigRendered", "JobCreated", "Improved"} <= reasons
+    assert {"RunStarted", "DataReady", "JobCreated", "Improved"} <= reasons
     metrics = operator.metrics_text()
     assert f'finetune_task_eval_loss{{namespace="{ns}",task="{name}"}} 1.2' in metrics
     assert f'finetune_runs_finished_total{{namespace="{ns}",reason="Improved",result="succeeded"' \
