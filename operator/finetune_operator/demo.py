@@ -26,6 +26,10 @@ from .contract import one_line
 DEMO_DIR = Path(".demo")
 DATA_URI = "s3://demo-data"
 OUTPUT_URI = "s3://demo-runs"
+# --quick shows the plumbing, not quality: the tiny model gains little from a long budget, and a
+# fixed short run keeps the whole demo to a few minutes on 2 cores.
+QUICK_TRAINING = {"maxSteps": 20}
+QUICK_RECORDS = 100
 
 
 def base_model(quick: bool) -> str:
@@ -44,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true",
                         help="wipe .demo/ first (otherwise complete runs are reused)")
     parser.add_argument("--dir", default=str(DEMO_DIR), help="working folder (default .demo)")
-    parser.add_argument("--records", type=int, default=demo_tasks.DEFAULT_RECORDS)
+    parser.add_argument("--records", type=int, help=f"records per task (default "
+                        f"{demo_tasks.DEFAULT_RECORDS}, {QUICK_RECORDS} with --quick)")
     args = parser.parse_args(argv)
     root = Path(args.dir)
     if args.fresh and root.exists():
@@ -55,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - one line, whatever broke in the fetch
         print(f"demo: cannot get the base model: {one_line(str(err))}", file=sys.stderr)
         return 2
-    return run_demo(root, model, quick=args.quick, records=args.records, started=started)
+    records = args.records or (QUICK_RECORDS if args.quick else demo_tasks.DEFAULT_RECORDS)
+    return run_demo(root, model, quick=args.quick, records=records, started=started)
 
 
 def run_demo(root: Path, model: str, *, quick: bool, records: int, started: float) -> int:
@@ -75,7 +81,8 @@ def run_demo(root: Path, model: str, *, quick: bool, records: int, started: floa
         label = "quick" if quick else "smollm2"
         paths = demo_tasks.write_tasks(tasks, storage, data_root=DATA_URI,
                                        output_uri=f"{OUTPUT_URI}", base_model=model,
-                                       yaml_dir=root / "tasks" / label)
+                                       yaml_dir=root / "tasks" / label,
+                                       training=QUICK_TRAINING if quick else None)
         print(f"demo: {server.endpoint}: uploaded {', '.join(t.name for t in tasks)} "
               f"({records} records each); task files in {paths[0].parent}", flush=True)
         results = run_tasks([str(p) for p in paths])

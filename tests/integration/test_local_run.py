@@ -42,10 +42,11 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
 
 
 def _task_yaml(storage: Storage, bucket: str, model: str, tmp_path: Path) -> Path:
-    task = demo_tasks.generate("ticket-triage", 120)
+    task = demo_tasks.generate("ticket-triage", 100)
     [path] = demo_tasks.write_tasks([task], storage, data_root=f"s3://{bucket}/data",
                                     output_uri=f"s3://{bucket}/runs", base_model=model,
-                                    yaml_dir=tmp_path, namespace="test")
+                                    yaml_dir=tmp_path, namespace="test",
+                                    training={"maxSteps": 20})  # plumbing, not quality
     return path
 
 
