@@ -75,3 +75,17 @@ def test_rules_use_only_metrics_the_operator_exports() -> None:
     assert used, "no operator metric in the rules"
     missing = used - exported
     assert not missing, f"rules use metrics the operator does not export: {missing}"
+
+
+def test_plain_prometheus_config_in_alerts_md_is_valid(tmp_path: Path) -> None:
+    """The prometheus.yml snippet of docs/alerts.md, verbatim, next to a copy of the rules."""
+    doc = (ROOT / "docs" / "alerts.md").read_text()
+    match = re.search(r"```yaml\n(rule_files:.*?)```", doc, re.S)
+    assert match, "docs/alerts.md lost its prometheus.yml example"
+    (tmp_path / "prometheus.yml").write_text(match.group(1))
+    (tmp_path / "alerts.yaml").write_text(ALERTS.read_text())
+    out = run(tool("promtool"), "check", "config", str(tmp_path / "prometheus.yml"))
+    assert f"SUCCESS: {len(ALERT_NAMES)} rules found" in out.stdout
+    config = yaml.safe_load(match.group(1))
+    [job] = config["scrape_configs"]
+    assert job["job_name"] == "finetune-operator" and job["honor_labels"] is True
