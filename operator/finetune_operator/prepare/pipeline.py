@@ -24,7 +24,7 @@ from ..storage import Storage, StorageError
 from . import readers, serialize
 from .clean import Cleaner, DropLog
 from .errors import PrepareError
-from .formats import Example, convert, object_format
+from .formats import convert_into, object_format
 from .split import Split, split
 
 DEFAULT_MAX_TOKENS = 4096
@@ -90,22 +90,16 @@ def _prepare(spec: FineTuneTaskSpec, layout: RunLayout, storage: Storage, *, tok
                       max_tokens=limit if tokenizer is not None else None)
     formats: dict[str, str] = {}
     sources: list[SourceObject] = []
-    add, malformed = cleaner.add, cleaner.malformed
     for src, info in enumerate(infos):
-        rows = readers.open_source(storage, info, ds.max_bytes)
-        fmt, stream = object_format(rows, ds.format)
+        fmt, rows = object_format(readers.open_source(storage, info, ds.max_bytes), ds.format)
         if fmt is not None:
             formats[info.uri] = fmt
             _check_mixed(ds.uri, formats)
-        for line, prompt, output, stratum in convert(stream, fmt, ds.stratify_by, rows):
-            if prompt is None:
-                malformed(src, line, output)
-            else:
-                add(prompt, output, src, line, stratum)
-        if rows.count == 0:
+        count = convert_into(rows, fmt, src, ds.stratify_by, cleaner.add, cleaner.malformed)
+        if count == 0:
             raise PrepareError("NoData", f"{info.uri} holds no records")
         sources.append(SourceObject(uri=info.uri, etag=info.etag, size=info.size,
-                                    format=fmt or "unknown", records=rows.count))
+                                    format=fmt or "unknown", records=count))
     kept = cleaner.finish()
     records_read = sum(s.records for s in sources)
     if len(kept) < ds.min_samples:
@@ -120,8 +114,11 @@ def _prepare(spec: FineTuneTaskSpec, layout: RunLayout, storage: Storage, *, tok
     for ex in parts.leaked:
         log.note("leaked", ex.src, ex.line)
     fmt = next(iter(formats.values()), ds.format)
-    train = _write(storage, layout.train, parts.train)
-    validation = _write(storage, layout.validation, parts.validation)
+    line = serialize.line
+    lines = [line(ex) for ex in kept]  # in memory order (see Split)
+    train = _write(storage, layout.train, lines, parts.train_index)
+    validation = _write(storage, layout.validation, lines, parts.validation_index)
+    del lines
     manifest = Manifest(
         run_id=layout.run_id,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -132,8 +129,8 @@ def _prepare(spec: FineTuneTaskSpec, layout: RunLayout, storage: Storage, *, tok
         sources=sources,
         records_read=records_read,
         records_kept=len(kept),
-        train_samples=len(parts.train),
-        validation_samples=len(parts.validation),
+        train_samples=len(parts.train_index),
+        validation_samples=len(parts.validation_index),
         dropped=DropCounts(empty=log.counts["empty"], duplicate=log.counts["duplicate"],
                            malformed=log.counts["malformed"], too_long=log.counts["tooLong"],
                            leaked=log.counts["leaked"]),
@@ -157,18 +154,19 @@ def _check_mixed(uri: str, formats: dict[str, str]) -> None:
                                            "per dataset or set spec.dataset.format")
 
 
-def _write(storage: Storage, uri: str, examples: list[Example], chunk: int = 8192) -> FileDigest:
-    """Serialize in chunks (one copy of the file in memory, not three), hash as we go."""
-    line = serialize.line
+def _write(storage: Storage, uri: str, lines: list[str], order: list[int],
+           chunk: int = 8192) -> FileDigest:
+    """Write lines[i] for i in order; encode in chunks (one copy of the file in memory, not
+    three) and hash as we go."""
     buf, sha = io.BytesIO(), hashlib.sha256()
-    for start in range(0, len(examples), chunk):
-        part = "".join([line(ex) + "\n" for ex in examples[start:start + chunk]]).encode("utf-8")
+    for start in range(0, len(order), chunk):
+        part = "".join([lines[i] + "\n" for i in order[start:start + chunk]]).encode("utf-8")
         sha.update(part)
         buf.write(part)
     body = buf.getvalue()
     del buf
     storage.write_bytes(uri, body, "application/x-ndjson")
-    return FileDigest(uri=uri, sha256=sha.hexdigest(), records=len(examples), bytes=len(body))
+    return FileDigest(uri=uri, sha256=sha.hexdigest(), records=len(order), bytes=len(body))
 
 
 def _percentiles(values: list[int], *percents: int) -> list[int]:

@@ -13,7 +13,7 @@ import csv
 import io
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -44,7 +44,6 @@ class SourceRows:
     kind: str
     columns: list[str] | None
     rows: Iterator[Row]
-    count: int = field(default=0)
 
 
 def extension(uri: str) -> str:

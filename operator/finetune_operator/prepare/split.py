@@ -21,9 +21,26 @@ from .formats import Example
 
 @dataclass
 class Split:
-    train: list[Example]
-    validation: list[Example]
-    leaked: list[Example] = field(default_factory=list)  # moved from validation to train
+    """Positions into `examples`, in output order. Indices rather than lists of records: the
+    writer serializes records in memory order and only permutes the finished lines, which on a
+    million records is about twice as fast as walking the objects in (random) split order."""
+
+    examples: list[Example]
+    train_index: list[int]
+    validation_index: list[int]
+    leaked_index: list[int] = field(default_factory=list)  # moved from validation to train
+
+    @property
+    def train(self) -> list[Example]:
+        return [self.examples[i] for i in self.train_index]
+
+    @property
+    def validation(self) -> list[Example]:
+        return [self.examples[i] for i in self.validation_index]
+
+    @property
+    def leaked(self) -> list[Example]:
+        return [self.examples[i] for i in self.leaked_index]
 
 
 def prompt_key(ex: Example) -> str:
@@ -116,13 +133,14 @@ def split(examples: list[Example], *, fraction: float, seed: int, min_validation
         leaked = [i for i in range(n) if in_val[i] and digests[i] in train_prompts]
         for i in leaked:
             in_val[i] = 0
-    validation = [examples[i] for i in order if in_val[i]]
+    validation = [i for i in order if in_val[i]]
     if len(validation) < min_validation:
         raise PrepareError("TooFewValidation", f"only {len(validation)} validation samples of {n} "
                                                "records (records sharing a prompt stay on one side), "
                                                f"under minValidationSamples {min_validation}")
-    train = [examples[i] for i in order if not in_val[i]]
-    return Split(train, validation, sorted((examples[i] for i in leaked), key=lambda e: (e.src, e.line)))
+    train = [i for i in order if not in_val[i]]
+    leaked.sort(key=lambda i: (examples[i].src, examples[i].line))
+    return Split(examples, train, validation, leaked)
 
 
 def _shared(digests: list[bytes]) -> set[bytes]:
