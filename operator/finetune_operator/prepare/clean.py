@@ -23,11 +23,14 @@ MAX_REFS = 5
 REASONS = ("empty", "duplicate", "malformed", "tooLong", "leaked")
 
 
+_normalize = unicodedata.normalize
+
+
 def norm(value: str) -> str:
     """NFC and trimmed; ASCII skips normalization (it is already NFC)."""
     if value.isascii():
         return value.strip()
-    return unicodedata.normalize("NFC", value).strip()
+    return _normalize("NFC", value).strip()
 
 
 def normalize_prompt(prompt: Prompt) -> Prompt:
@@ -103,16 +106,18 @@ class Cleaner:
         self.log.drop("malformed", src, line, detail)
 
     def add(self, prompt: Prompt, output: str, src: int, line: int, stratum: str | None = None) -> None:
-        output = output.strip() if output.isascii() else norm(output)
-        if len(prompt) == 1:  # the common single-turn case, spelled out: it runs per record
+        # norm() spelled out (this runs once per record; ASCII is already NFC)
+        output = output.strip() if output.isascii() else _normalize("NFC", output).strip()
+        olen = len(output)
+        if len(prompt) == 1:  # the common single-turn case
             role, content = prompt[0]
-            content = content.strip() if content.isascii() else norm(content)
+            content = content.strip() if content.isascii() else _normalize("NFC", content).strip()
             prompt = ((role, content),)
-            chars = len(output) + len(content)
+            chars = olen + len(content)
             has_user = role == "user" and content != ""
         else:
             prompt = normalize_prompt(prompt)
-            chars = len(output) + sum([len(c) for _, c in prompt])
+            chars = olen + sum([len(c) for _, c in prompt])
             has_user = not prompt or any([c for r, c in prompt if r == "user"])
         if not has_user:
             self.log.drop("empty", src, line, "empty prompt")
@@ -136,7 +141,7 @@ class Cleaner:
             self.log.drop("duplicate", src, line, f"same as {self._first(key)}")
             return
         self.kept.append(Example(prompt, output, src, line, stratum, chars))
-        self.output_chars.append(len(output))
+        self.output_chars.append(olen)
         self.total_chars.append(chars)
 
     def _first(self, key: tuple[Prompt, str]) -> str:
