@@ -120,6 +120,7 @@ def test_prometheus_sees_the_run_counters_move_and_the_failure_alert(
               f'result="failed"}})')
     assert wait_for(lambda: (prometheus.value(failed) or 0) >= 1, 30,
                     "finetune_runs_finished_total{result=failed} in Prometheus")
+    assert prometheus.value(started) == 1.0 and prometheus.value(failed) == 1.0  # counted once
 
     firing = wait_for(lambda: [a for a in prometheus.alerts("FineTuneRunFailed")
                                if a["state"] == "firing"
