@@ -1,0 +1,147 @@
+"""`python -m finetune_trainer --run-uri PREFIX`: the trainer Job's entrypoint (and the local runner's).
+
+Steps: fetch (verified) -> evaluate base -> train with Axolotl -> evaluate the best adapter with
+the same evaluator -> upload adapter, metrics.json, COMPLETE -> termination message.
+Exit 0 ok; 2 bad input (no retry: the Job's podFailurePolicy fails it); 1 anything else.
+Every failure is one line on stderr and in the termination log; the full log stays in the work dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+QUIET_ENV = {"WANDB_MODE": "disabled", "AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1",
+             "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="finetune_trainer", description=__doc__.splitlines()[0])
+    p.add_argument("--run-uri", required=True, help="The run prefix (s3:// or a local directory)")
+    p.add_argument("--config", help="Axolotl config; default <run-uri>config/axolotl.yaml")
+    p.add_argument("--profile", choices=["gpu", "cpu"], help="Default: gpu when CUDA is present")
+    p.add_argument("--termination-log", default="/dev/termination-log")
+    p.add_argument("--work-dir", help="Scratch directory (default: a fresh temp dir)")
+    return p.parse_args(argv)
+
+
+def write_termination(path: str, text: str) -> None:
+    try:
+        Path(path).write_text(text)
+    except OSError:
+        pass  # not in a pod (no /dev/termination-log): stderr still has the line
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.update(QUIET_ENV)
+    from finetune_operator.contract import TerminationMessage, one_line
+    from finetune_operator.storage import StorageError, join
+
+    from .errors import EXIT_RETRYABLE, TrainerError
+
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="finetune-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        metrics = run(args, work)
+    except (TrainerError, StorageError) as err:
+        reason = getattr(err, "reason", "Storage")
+        code = err.exit_code if isinstance(err, TrainerError) else EXIT_RETRYABLE
+        message = TerminationMessage(ok=False, reason=reason, message=str(err))
+        write_termination(args.termination_log, message.encode())
+        print(f"finetune-trainer: {reason}: {one_line(str(err))}", file=sys.stderr, flush=True)
+        return code
+    except Exception as err:  # noqa: BLE001 - last resort: one line out, traceback to a file
+        (work / "traceback.txt").write_text(traceback.format_exc())
+        text = f"{type(err).__name__}: {err} (traceback in {work / 'traceback.txt'})"
+        write_termination(args.termination_log,
+                          TerminationMessage(ok=False, reason="Internal", message=text).encode())
+        print(f"finetune-trainer: Internal: {one_line(text)}", file=sys.stderr, flush=True)
+        return EXIT_RETRYABLE
+    summary = (f"eval loss {metrics.base_eval_loss:.4f} -> {metrics.eval_loss:.4f} "
+               f"({metrics.improvement:+.1%}), best step {metrics.best_step}")
+    write_termination(args.termination_log, TerminationMessage(
+        ok=True, reason="Succeeded", message=summary, base_eval_loss=metrics.base_eval_loss,
+        eval_loss=metrics.eval_loss, metrics_uri=join(args.run_uri, "metrics.json")).encode())
+    print(f"finetune-trainer: {summary}", file=sys.stderr, flush=True)
+    return 0
+
+
+def run(args: argparse.Namespace, work: Path):  # type: ignore[no-untyped-def]
+    from finetune_operator.storage import Storage, join
+
+    from . import evaluate, fetch, report, train
+
+    started = time.monotonic()
+    storage = Storage()
+    train.progress("fetch", step=0, maxSteps=0)
+    inputs = fetch.fetch_run(storage, args.run_uri, args.config, work)
+    shape = inputs.manifest.record_shape
+    model_name = str(inputs.config.get("base_model") or "")
+    if not model_name:
+        raise fetch.bad_input("BadConfig", "the config has no base_model")
+    model_dir = fetch.fetch_model(storage, model_name, str(inputs.config.get("revision_of_model") or ""),
+                                  work)
+    os.environ.update(OFFLINE_ENV)  # everything is local from here on
+    tokenizer_dir, notes = fetch.prepare_tokenizer(model_dir, shape, work)
+
+    import torch
+    from transformers import AutoTokenizer
+
+    profile = args.profile or ("gpu" if torch.cuda.is_available() else "cpu")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    try:
+        encoded_train = [evaluate.encode(tokenizer, r, shape) for r in inputs.train_records]
+    except ValueError as err:
+        raise fetch.bad_input("BadChatTemplate", f"train.jsonl: {err}") from None
+    budget = dict(inputs.config.get(train.BUDGET_KEY) or {})
+    seq_len = int(inputs.config.get("sequence_len") or 0)
+    budget.update(_measured(encoded_train, seq_len, notes, profile))
+
+    train.progress("evaluate-base", step=0, maxSteps=int(inputs.config.get("max_steps") or 0))
+    base = evaluate.evaluate(model_dir, tokenizer, inputs.validation_records, shape)
+    cfg = train.local_config(inputs.config, model_dir=model_dir, tokenizer_dir=tokenizer_dir,
+                             train_parquet=inputs.train_parquet,
+                             validation_parquet=inputs.validation_parquet, work=work, profile=profile)
+    result = train.run_axolotl(cfg, work)
+    train.progress("evaluate-tuned", step=int(result.state.get("global_step") or 0),
+                   maxSteps=int(cfg.get("max_steps") or 0))
+    tuned = evaluate.evaluate(model_dir, tokenizer, inputs.validation_records, shape,
+                              adapter_dir=result.best_checkpoint,
+                              with_exact_match=base.exact_match is not None)
+    real_tokens = sum(len(e.input_ids) for e in encoded_train if not seq_len or len(e.input_ids) <= seq_len)
+    metrics = report.build_metrics(
+        run_id=inputs.manifest.run_id, base=base, tuned=tuned, state=result.state, config=cfg,
+        budget=budget, wall_seconds=time.monotonic() - started,
+        adapter_uri=join(args.run_uri, "adapter/"),
+        adapter_digest=report.adapter_digest(result.best_checkpoint), real_train_tokens=real_tokens)
+    train.progress("upload", step=int(result.state.get("global_step") or 0),
+                   maxSteps=int(cfg.get("max_steps") or 0))
+    report.upload(storage, args.run_uri, result.best_checkpoint, metrics)
+    train.progress("done", step=int(result.state.get("global_step") or 0),
+                   maxSteps=int(cfg.get("max_steps") or 0))
+    return metrics
+
+
+def _measured(encoded: list, seq_len: int, notes: list[str], profile: str) -> dict:  # type: ignore[type-arg]
+    """Budget facts measured with the real tokenizer (the render only estimated them)."""
+    lengths = sorted(len(e.input_ids) for e in encoded)
+    answers = sum(sum(1 for x in e.labels if x != -100) for e in encoded)
+    over = sum(1 for n in lengths if seq_len and n > seq_len)
+    if over:
+        print(f"finetune-trainer: {over} train record(s) longer than sequence_len {seq_len} "
+              "are dropped by axolotl", file=sys.stderr, flush=True)
+    return {"measured": {
+        "recordTokensP50": lengths[len(lengths) // 2], "recordTokensP95": lengths[int(0.95 * (len(lengths) - 1))],
+        "recordTokensMax": lengths[-1], "answerTokens": answers, "recordsOverSequenceLen": over,
+        "tokenizerNotes": notes, "profile": profile}}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

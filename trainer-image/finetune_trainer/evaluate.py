@@ -1,0 +1,141 @@
+"""One evaluator for the base model and the tuned adapter: the same code, the same records.
+
+Mean loss over answer tokens only, masked as in training (Axolotl's chat_template with
+roles_to_train [assistant] and train_on_eos turn: the answer content and its end-of-turn token;
+completion records: every token), token-weighted over EVERY validation record. Axolotl's own
+packed evaluation drops the last incomplete batch, so its numbers are not what we report.
+Greedy exact match is added when answers are short.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+EXACT_MATCH_MAX_TOKENS = 32
+BATCH = 8
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    prompt_len: int
+    answer: str
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    tokens: int
+    records: int
+    exact_match: float | None = None
+
+
+def encode(tokenizer: Any, record: dict[str, Any], shape: str) -> Encoded:
+    """Token ids and loss labels (-100 = masked) of one record."""
+    if shape == "text":
+        ids = tokenizer(record["text"], add_special_tokens=True)["input_ids"]
+        if tokenizer.eos_token_id is not None:
+            ids = ids + [tokenizer.eos_token_id]
+        return Encoded(ids, list(ids), 0, record["text"])
+    msgs = record["messages"]
+    answer = msgs[-1]["content"]
+    prompt = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(msgs, tokenize=False)
+    if not full.startswith(prompt) or answer not in full[len(prompt):]:
+        raise ValueError("the chat template does not render the answer after the prompt")
+    target = answer
+    rest = full[len(prompt) + full[len(prompt):].index(answer) + len(answer):]
+    if tokenizer.eos_token and rest.startswith(tokenizer.eos_token):
+        target += tokenizer.eos_token  # train_on_eos: turn
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+    return Encoded(prompt_ids + target_ids, [-100] * len(prompt_ids) + target_ids,
+                   len(prompt_ids), answer)
+
+
+def load_model(model_dir: str | Path, adapter_dir: str | Path | None = None) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.float32
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        dtype = torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    model.eval()
+    return model
+
+
+def answer_loss(model: Any, tokenizer: Any, encoded: list[Encoded]) -> tuple[float, int]:
+    """Token-weighted mean cross-entropy over unmasked labels of every record."""
+    import torch
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(encoded), BATCH):
+            batch = encoded[start:start + BATCH]
+            width = max(len(e.input_ids) for e in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            labels = torch.full((len(batch), width), -100, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for i, e in enumerate(batch):
+                n = len(e.input_ids)
+                ids[i, :n] = torch.tensor(e.input_ids)
+                labels[i, :n] = torch.tensor(e.labels)
+                mask[i, :n] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
+            shift_labels = labels[:, 1:].reshape(-1).to(device)
+            total += float(F.cross_entropy(shift_logits, shift_labels, ignore_index=-100,
+                                           reduction="sum"))
+            count += int((shift_labels != -100).sum())
+    return (total / count if count else math.nan), count
+
+
+def exact_match(model: Any, tokenizer: Any, encoded: list[Encoded]) -> float:
+    """Greedy answers compared with the reference after trimming whitespace."""
+    import torch
+
+    device = next(model.parameters()).device
+    max_new = max(len(e.input_ids) - e.prompt_len for e in encoded) + 2
+    hits = 0
+    with torch.no_grad():
+        for e in encoded:
+            prompt = torch.tensor([e.input_ids[: e.prompt_len]], device=device)
+            out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
+                                 max_new_tokens=max_new, do_sample=False,
+                                 eos_token_id=tokenizer.eos_token_id,
+                                 pad_token_id=tokenizer.pad_token_id)
+            text = tokenizer.decode(out[0, e.prompt_len:], skip_special_tokens=True)
+            hits += text.strip() == e.answer.strip()
+    return hits / len(encoded)
+
+
+def short_answers(encoded: list[Encoded]) -> bool:
+    lengths = sorted(len(e.input_ids) - e.prompt_len for e in encoded)
+    return bool(lengths) and lengths[int(0.95 * (len(lengths) - 1))] <= EXACT_MATCH_MAX_TOKENS
+
+
+def evaluate(model_dir: str | Path, tokenizer: Any, records: list[dict[str, Any]], shape: str, *,
+             adapter_dir: str | Path | None = None, with_exact_match: bool | None = None) -> EvalResult:
+    """Loss (and exact match for short chat answers) of base or base+adapter on `records`."""
+    encoded = [encode(tokenizer, r, shape) for r in records]
+    model = load_model(model_dir, adapter_dir)
+    loss, tokens = answer_loss(model, tokenizer, encoded)
+    if with_exact_match is None:
+        with_exact_match = shape == "messages" and short_answers(encoded)
+    em = exact_match(model, tokenizer, encoded) if with_exact_match else None
+    del model
+    return EvalResult(loss=loss, tokens=tokens, records=len(records), exact_match=em)

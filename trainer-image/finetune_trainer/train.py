@@ -1,0 +1,125 @@
+"""Run Axolotl on the local copies and read back what it did.
+
+`axolotl train CONFIG --launcher python` in a subprocess: its memory is gone before the tuned
+evaluation loads the model again, and a crash inside it cannot take the trainer's reporting
+down with it. Progress is parsed from its output and re-emitted as FINETUNE_PROGRESS lines.
+`trainer_state.json` lives only inside the `checkpoint-N/` folders: the one of the last
+checkpoint names the best checkpoint and holds the whole log history.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import TrainerError, bad_input
+
+BUDGET_KEY = "finetune_budget"
+CPU_SAFE = {"bf16": False, "fp16": False, "tf32": False, "attn_implementation": "sdpa",
+            "sdpa_varlen": False, "lora_mlp_kernel": False, "lora_qkv_kernel": False,
+            "lora_o_kernel": False, "lora_embedding_kernel": False, "load_in_4bit": False,
+            "load_in_8bit": False}
+_STEP = re.compile(r"(\d+)/(\d+) \[")
+_EVAL = re.compile(r"'eval_loss': '?([0-9.eE+-]+)")
+
+
+def progress(stage: str, **fields: Any) -> None:
+    print("FINETUNE_PROGRESS " + json.dumps({"stage": stage, **fields}), flush=True)
+
+
+def local_config(config: dict[str, Any], *, model_dir: Path, tokenizer_dir: Path,
+                 train_parquet: Path, validation_parquet: Path, work: Path,
+                 profile: str) -> dict[str, Any]:
+    """The rendered config pointed at local copies; the CPU profile forces CUDA-only keys off."""
+    cfg = {k: v for k, v in config.items() if k != BUDGET_KEY}
+    cfg["base_model"] = str(model_dir)
+    cfg.pop("revision_of_model", None)
+    if tokenizer_dir != model_dir:
+        cfg["tokenizer_config"] = str(tokenizer_dir)
+    for key, path in (("datasets", train_parquet), ("test_datasets", validation_parquet)):
+        if not cfg.get(key):
+            raise bad_input("BadConfig", f"the config has no {key}")
+        cfg[key] = [dict(cfg[key][0], path=str(path), ds_type="parquet")]
+    cfg["test_datasets"][0]["split"] = "train"
+    cfg["output_dir"] = str(work / "out")
+    cfg["dataset_prepared_path"] = str(work / "prepared")
+    if profile == "cpu":
+        cfg.update(CPU_SAFE)
+        if cfg.get("adapter") == "qlora":
+            cfg["adapter"] = "lora"
+    return cfg
+
+
+@dataclass
+class TrainResult:
+    best_checkpoint: Path
+    state: dict[str, Any]
+    log_tail: list[str] = field(default_factory=list)
+
+
+def run_axolotl(cfg: dict[str, Any], work: Path) -> TrainResult:
+    path = work / "axolotl.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    max_steps = int(cfg.get("max_steps") or 0)
+    cmd = [sys.executable, "-m", "axolotl.cli.main", "train", str(path), "--launcher", "python"]
+    tail: collections.deque[str] = collections.deque(maxlen=60)
+    last_step = -1
+    with open(work / "axolotl.log", "wb") as logf:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                cwd=work, env=dict(os.environ))
+        assert proc.stdout is not None
+        buf = b""
+        while True:
+            chunk = proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096)
+            if not chunk:
+                break
+            logf.write(chunk)
+            buf += chunk
+            *pieces, buf = re.split(rb"[\r\n]", buf)
+            for raw in pieces:
+                line = raw.decode("utf-8", "replace").strip()
+                if not line:
+                    continue
+                tail.append(line)
+                for done, total in _STEP.findall(line):
+                    if int(total) == max_steps and int(done) != last_step:
+                        last_step = int(done)
+                        progress("train", step=last_step, maxSteps=max_steps)
+                for value in _EVAL.findall(line):
+                    progress("eval", step=max(last_step, 0), maxSteps=max_steps,
+                             evalLoss=float(value))
+        rc = proc.wait()
+    if rc != 0:
+        raise _axolotl_failure(list(tail), rc)
+    return read_state(work / "out", list(tail))
+
+
+def _axolotl_failure(tail: list[str], rc: int) -> TrainerError:
+    errors = [ln for ln in tail if re.search(r"(Error|Exception)\b", ln) and "Warning" not in ln]
+    line = errors[-1] if errors else (tail[-1] if tail else f"exit status {rc}")
+    if "ValidationError" in " ".join(tail[-20:]) or "validation error" in line.lower():
+        return bad_input("BadConfig", f"axolotl rejected the config: {line}")
+    if "out of memory" in line.lower():
+        return TrainerError("OutOfMemory", f"axolotl ran out of memory: {line}")
+    return TrainerError("TrainingFailed", f"axolotl exited {rc}: {line}")
+
+
+def read_state(out_dir: Path, tail: list[str] | None = None) -> TrainResult:
+    checkpoints = sorted(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    if not checkpoints:
+        raise TrainerError("NoCheckpoint", f"axolotl wrote no checkpoint under {out_dir}")
+    state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+    best = state.get("best_model_checkpoint")
+    best_dir = out_dir / Path(best).name if best else checkpoints[-1]
+    if not (best_dir / "adapter_model.safetensors").is_file():
+        raise TrainerError("NoCheckpoint", f"best checkpoint {best_dir.name} has no adapter")
+    return TrainResult(best_checkpoint=best_dir, state=state, log_tail=tail or [])
