@@ -253,3 +253,40 @@ def test_deletion_leaves_children_to_the_garbage_collector(
                                                         f"job/{name}-{task['status']['runId']}"]
     time.sleep(2)  # the operator must not recreate children of a deleted task
     assert cluster.jobs(ns) == [] and cluster.configmaps(ns) == []
+
+
+def test_missing_secret_waits_instead_of_failing(cluster: Cluster, operator: OperatorProcess,
+                                                 namespace: str, bucket: str,
+                                                 task_storage: Storage,
+                                                 s3_server: S3Server) -> None:
+    """Argo CD may sync the task before its Secret: wait with a reason, never fail."""
+    ns, name = namespace, "early"
+    uri = _dataset(task_storage, bucket, alpaca_records(60), "d.jsonl")
+    spec = _spec(s3_server, uri, bucket)
+    spec["storage"]["credentialsSecret"] = "not-yet-there"
+    cluster.apply_task(ns, name, spec)
+    st = wait_for(lambda: (s := cluster.status(ns, name)).get("conditions") and s, 20,
+                  "a status naming the missing Secret")
+    assert st["phase"] == "Pending"
+    assert _cond(st, "DataReady")["reason"] == "SecretNotFound"
+    assert "not-yet-there" in st["message"]
+
+
+def test_unreachable_s3_is_retried_not_failed(cluster: Cluster, operator: OperatorProcess,
+                                              namespace: str, bucket: str,
+                                              s3_server: S3Server) -> None:
+    from .harness import free_port
+
+    ns, name = namespace, "outage"
+    spec = _spec(s3_server, f"s3://{bucket}/d.jsonl", bucket)
+    spec["storage"]["endpoint"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    cluster.apply_task(ns, name, spec)
+    st = wait_for(lambda: (s := cluster.status(ns, name)).get("conditions") and
+                  _cond_or_none(s, "DataReady", "Retrying") and s, 60,
+                  "the DataReady condition to say it retries")
+    assert st["phase"] == "Preparing"
+    assert "retrying" in _cond(st, "DataReady")["message"]
+
+
+def _cond_or_none(status: dict[str, Any], type_: str, reason: str) -> bool:
+    return any(c["type"] == type_ and c["reason"] == reason for c in status.get("conditions", []))
