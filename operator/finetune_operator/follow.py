@@ -4,6 +4,7 @@ metrics and verdict on success, the trainer's own reason on failure — into the
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -16,6 +17,8 @@ from .status import evaluation, metrics_status
 from .storage import StorageError
 from .taskstate import (METRICS_MAX_BYTES, RETRY_SOON, Context, Stop, Task, Writer, api,
                         storage_for)
+
+LOG = logging.getLogger(__name__)
 
 
 def follow(task: Task, ctx: Context) -> None:
@@ -34,6 +37,10 @@ def follow(task: Task, ctx: Context) -> None:
             follow_run(w, spec)
         except Stop:
             pass
+        except kopf.PermanentError as err:
+            # The run's failure is already in the status and an Event on the task; as a timer
+            # or Job-event "handler failure" it would only be logged and posted twice.
+            LOG.info("%s/%s: run ended as Failed: %s", task.ref.namespace, task.ref.name, err)
 
 
 def follow_run(w: Writer, spec: FineTuneTaskSpec) -> None:
