@@ -190,7 +190,7 @@ def run_trainer(layout: RunLayout, config_path: Path, profile: str, work: Path, 
            "--config", str(config_path), "--profile", profile,
            "--termination-log", str(term_log), "--work-dir", str(work / "trainer")]
     interrupted = False
-    with log_path.open("w", encoding="utf-8") as log:
+    with log_path.open("w", encoding="utf-8", buffering=1) as log:  # line-buffered: tail -f works
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                 text=True, bufsize=1, start_new_session=True)
         try:
