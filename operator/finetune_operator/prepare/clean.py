@@ -151,5 +151,6 @@ class Cleaner:
         return self.log.ref(first.src, first.line)
 
     def finish(self) -> list[Example]:
-        self._seen = set()  # free the dedupe index before the split
-        return self.kept
+        """Hand over the kept records (the cleaner lets go of them and of its dedupe index)."""
+        kept, self.kept, self._seen = self.kept, [], set()
+        return kept

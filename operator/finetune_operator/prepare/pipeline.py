@@ -113,12 +113,16 @@ def _prepare(spec: FineTuneTaskSpec, layout: RunLayout, storage: Storage, *, tok
                   min_validation=ds.min_validation_samples, stratify=bool(ds.stratify_by))
     for ex in parts.leaked:
         log.note("leaked", ex.src, ex.line)
-    fmt = next(iter(formats.values()), ds.format)
+    stats = lengths(parts, cleaner.output_chars, cleaner.total_chars)
+    records_kept = len(kept)
     line = serialize.line
-    lines = [line(ex) for ex in kept]  # in memory order (see Split)
+    # In memory order (see Split), as UTF-8 bytes: a str with one CJK character stores every
+    # character in 2 bytes. This list is the price of the memory-order speed-up (~0.4 GiB per
+    # million records); the peak stays well under the 2 GiB target.
+    lines: list[bytes | None] = [(line(ex) + "\n").encode("utf-8") for ex in kept]
     train = _write(storage, layout.train, lines, parts.train_index)
     validation = _write(storage, layout.validation, lines, parts.validation_index)
-    del lines
+    fmt = next(iter(formats.values()), ds.format)
     manifest = Manifest(
         run_id=layout.run_id,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -128,7 +132,7 @@ def _prepare(spec: FineTuneTaskSpec, layout: RunLayout, storage: Storage, *, tok
         record_shape="text" if fmt == "completion" else "messages",
         sources=sources,
         records_read=records_read,
-        records_kept=len(kept),
+        records_kept=records_kept,
         train_samples=len(parts.train_index),
         validation_samples=len(parts.validation_index),
         dropped=DropCounts(empty=log.counts["empty"], duplicate=log.counts["duplicate"],
@@ -136,7 +140,7 @@ def _prepare(spec: FineTuneTaskSpec, layout: RunLayout, storage: Storage, *, tok
                            leaked=log.counts["leaked"]),
         drop_refs={r: refs for r, refs in log.refs.items() if refs},
         stratify_by=ds.stratify_by,
-        lengths=lengths(parts, cleaner.output_chars, cleaner.total_chars),
+        lengths=stats,
         train=train,
         validation=validation,
     )
@@ -154,13 +158,16 @@ def _check_mixed(uri: str, formats: dict[str, str]) -> None:
                                            "per dataset or set spec.dataset.format")
 
 
-def _write(storage: Storage, uri: str, lines: list[str], order: list[int],
+def _write(storage: Storage, uri: str, lines: list[bytes | None], order: list[int],
            chunk: int = 8192) -> FileDigest:
-    """Write lines[i] for i in order; encode in chunks (one copy of the file in memory, not
-    three) and hash as we go."""
+    """Write lines[i] for i in order, releasing each line once it is in the file (so the lines
+    and the file are never both whole in memory); hash as we go."""
     buf, sha = io.BytesIO(), hashlib.sha256()
     for start in range(0, len(order), chunk):
-        part = "".join([lines[i] + "\n" for i in order[start:start + chunk]]).encode("utf-8")
+        picked = order[start:start + chunk]
+        part = b"".join([lines[i] for i in picked])  # type: ignore[misc]
+        for i in picked:
+            lines[i] = None
         sha.update(part)
         buf.write(part)
     body = buf.getvalue()
