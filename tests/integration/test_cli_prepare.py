@@ -76,6 +76,23 @@ def test_output_override_to_a_local_directory(tmp_path: Path, s3_server: S3Serve
     assert len(Path(manifest["validation"]["uri"]).read_text().splitlines()) == 12
 
 
+def test_same_bytes_in_processes_with_different_hash_seeds(tmp_path: Path, s3_server: S3Server,
+                                                           storage: Storage, bucket: str) -> None:
+    # str hashes (and so set order) differ per process; the split must not.
+    text = "".join(json.dumps({"instruction": f"caf\u00e9 {i % 150} \u6771\u4eac", "output": f"a{i % 7}",
+                               "input": "" if i % 3 else f"ctx {i}"}) + "\n" for i in range(400))
+    storage.write_text(f"s3://{bucket}/data/a.jsonl", text)
+    path = task_yaml(tmp_path, {"uri": f"s3://{bucket}/data/"}, f"s3://{bucket}/runs")
+    digests = []
+    for seed in ("1", "2"):
+        proc = finetune(path, {**s3_server.env(), "PYTHONHASHSEED": seed}, "--output",
+                        str(tmp_path / f"out{seed}"))
+        assert proc.returncode == 0, proc.stderr
+        m = json.loads(proc.stdout)
+        digests.append((m["train"]["sha256"], m["validation"]["sha256"], m["recordsKept"]))
+    assert digests[0] == digests[1]
+
+
 def test_bad_data_is_one_line_exit_2(tmp_path: Path, s3_server: S3Server, storage: Storage,
                                      bucket: str) -> None:
     storage.write_text(f"s3://{bucket}/data/a.jsonl", rows(40))
