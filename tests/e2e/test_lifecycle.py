@@ -97,8 +97,9 @@ def test_happy_path_to_succeeded(cluster: Cluster, operator: OperatorProcess, na
     assert st["adapter"]["uri"] == m.adapter_uri
     assert _cond(st, "Ready")["status"] == "True"
     assert _cond(st, "Evaluated")["reason"] == "Improved"
-    reasons = {e["reason"] for e in cluster.events(ns)}
-    assert {"RunStarted", "DataReady", "JobCreated", "Improved"} <= reasons
+    # Events follow the status write that they announce: poll for them.
+    wait_for(lambda: {"RunStarted", "DataReady", "JobCreated", "Improved"}
+             <= {e["reason"] for e in cluster.events(ns)}, 10, "an Event per transition")
     metrics = operator.metrics_text()
     assert f'finetune_task_eval_loss{{namespace="{ns}",task="{name}"}} 1.2' in metrics
     assert f'finetune_runs_finished_total{{namespace="{ns}",reason="Improved",result="succeeded"' \
@@ -120,7 +121,8 @@ def test_spec_change_starts_a_second_run(cluster: Cluster, operator: OperatorPro
     # The superseded run's Job (and ConfigMap) are deleted: one Job per task at a time.
     assert names == [second["job"]["name"]]
     assert [c["metadata"]["name"] for c in cluster.configmaps(ns)] == names
-    assert any(e["reason"] == "Superseded" for e in cluster.events(ns))
+    wait_for(lambda: any(e["reason"] == "Superseded" for e in cluster.events(ns)), 10,
+             "the Superseded Event")
 
 
 def test_duplicate_delivery_and_restart_keep_one_job(
@@ -164,8 +166,13 @@ def test_bad_data_fails_once_without_retry_storm(
     cond = _cond(st, "DataReady")
     assert cond["status"] == "False" and cond["reason"] in ("Malformed", "BadFormat", "NoData")
     assert st["message"] and "\n" not in st["message"]
-    assert any(e["type"] == "Warning" for e in cluster.events(ns))
+    wait_for(lambda: any(e["type"] == "Warning" for e in cluster.events(ns)), 10,
+             "a Warning Event")
     assert cluster.jobs(ns) == []
+    # Kopf records the handled spec (its last write for this cause) before the window opens.
+    wait_for(lambda: "finetune.v-sekai.org/last-handled-configuration" in (
+        (cluster.task(ns, name) or {}).get("metadata", {}).get("annotations") or {}), 10,
+        "Kopf to record the handled spec")
     since = time.monotonic()
     time.sleep(3)  # a window in which a retry storm would show (Kopf's retry is ~1 s)
     writes = [c for c in _calls_on(api_server.emulator.calls, name, since)
@@ -211,8 +218,8 @@ def test_job_failure_reports_the_termination_message(
     cond = _cond(st, "Trained")
     assert (cond["status"], cond["reason"]) == ("False", "BaseModelNotFound")
     assert "check baseModel" in st["message"]
-    assert any(e["reason"] == "BaseModelNotFound" and e["type"] == "Warning"
-               for e in cluster.events(ns))
+    wait_for(lambda: any(e["reason"] == "BaseModelNotFound" and e["type"] == "Warning"
+                         for e in cluster.events(ns)), 10, "a Warning Event with the reason")
 
 
 def test_suspend_before_launch_then_resume(cluster: Cluster, operator: OperatorProcess,
