@@ -61,8 +61,17 @@ def is_true(status: FineTuneTaskStatus, type_: ConditionType) -> bool:
 
 
 def with_phase(status: FineTuneTaskStatus, phase: Phase, message: str, *,
-               generation: int | None, **fields: Any) -> FineTuneTaskStatus:
-    """Set phase, message and observedGeneration (plus any typed fields) in one step."""
+               generation: int | None, now: str | None = None, **fields: Any
+               ) -> FineTuneTaskStatus:
+    """Set phase, message and observedGeneration (plus any typed fields) in one step.
+
+    Until a run ends, Ready is False with the phase as its reason, so `kubectl wait
+    --for=condition=Ready` and dashboards read the same story as the phase. A final phase
+    leaves Ready to the caller, which sets it from the outcome.
+    """
+    if phase not in FINAL_PHASES:
+        status = set_condition(status, "Ready", "False", phase, message, generation=generation,
+                               now=now or now_iso())
     return status.model_copy(update={"phase": phase, "message": one_line(message),
                                      "observed_generation": generation, **fields})
 

@@ -78,3 +78,14 @@ def test_verdicts_say_what_to_try(metrics: Metrics, reason: str, ready: bool, ad
     got_reason, message, got_ready = evaluation(metrics)
     assert (got_reason, got_ready) == (reason, ready)
     assert advice in message and "\n" not in message
+
+
+def test_ready_follows_the_phase_until_the_run_ends() -> None:
+    st = with_phase(new_run("r1", 1, T0), "Training", "Job created", generation=1, now=T1)
+    ready = condition(st, "Ready")
+    assert ready is not None
+    assert (ready.status, ready.reason, ready.message) == ("False", "Training", "Job created")
+    assert ready.last_transition_time == T0  # still False: the time stays
+    done = set_condition(st, "Ready", "True", "Improved", "ok", generation=1, now=T2)
+    done = with_phase(done, "Succeeded", "ok", generation=1, now=T2)
+    assert condition(done, "Ready").status == "True"  # type: ignore[union-attr]
