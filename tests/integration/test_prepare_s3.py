@@ -306,3 +306,9 @@ def test_a_prompt_in_two_strata_is_moved_to_train_and_counted(storage: Storage, 
     train = {json.loads(x)["messages"][0]["content"] for x in storage.read_text(m.train.uri).splitlines()}
     valid = {json.loads(x)["messages"][0]["content"] for x in storage.read_text(m.validation.uri).splitlines()}
     assert not train & valid
+
+
+def test_unknown_keys_are_reported_at_their_line(storage: Storage, bucket: str) -> None:
+    put(storage, f"s3://{bucket}/d/a.jsonl", '{broken\n\n{"question": "q", "answer": "a"}\n')
+    err = prepare_error(storage, make_spec(f"s3://{bucket}/d/a.jsonl", bucket))
+    assert str(err).startswith(f"s3://{bucket}/d/a.jsonl:3: records with keys answer, question")

@@ -139,6 +139,7 @@ def completion(rec: dict[str, Any]) -> tuple[Prompt, str]:
 
 CONVERTERS = {"alpaca": alpaca, "chat": chat, "input_output": input_output, "completion": completion}
 
+
 def object_format(source: SourceRows, wanted: str) -> tuple[str | None, Iterator[Any]]:
     """The format of one object and its rows (a peeked row is put back in front).
 
@@ -158,6 +159,7 @@ def object_format(source: SourceRows, wanted: str) -> tuple[str | None, Iterator
     peeked: list[Any] = []
     fmt = None
     first_keys: list[str] | None = None
+    line = 0
     for row in source.rows:
         peeked.append(row)
         value = row[1]
@@ -166,9 +168,8 @@ def object_format(source: SourceRows, wanted: str) -> tuple[str | None, Iterator
             if fmt is not None:
                 break
             if first_keys is None:
-                first_keys = sorted(map(str, value))
+                first_keys, line = sorted(map(str, value)), row[0]
     if fmt is None and first_keys is not None:
-        line = peeked[0][0]
         raise PrepareError("BadFormat", f"{uri}:{line}: records with keys {', '.join(first_keys) or '(none)'} "
                                         f"fit no format; need {FORMAT_HELP}")
     return fmt, _chain(peeked, source.rows)
@@ -191,15 +192,14 @@ def convert_into(rows: Iterator[Any], fmt: str | None, src: int, stratify_by: st
     """Convert each row and hand it on: `add(prompt, answer, src, line, stratum)` for a record,
     `malformed(src, line, reason)` for a row that does not fit. Returns the rows seen.
 
-    Callbacks rather than a generator: this loop runs once per record, and every generator
-    layer between the parser and the cleaner cost about a tenth of the whole run.
+    Callbacks rather than one more generator layer: this loop runs once per record.
     """
     convert_one = CONVERTERS[fmt] if fmt else None
     n = 0
     for line, value in rows:
         n += 1
         if type(value) is not dict or convert_one is None:
-            malformed(src, line, _not_a_record(value, fmt))
+            malformed(src, line, _not_a_record(value))
             continue
         try:
             prompt, output = convert_one(value)
@@ -214,7 +214,7 @@ def convert_into(rows: Iterator[Any], fmt: str | None, src: int, stratify_by: st
     return n
 
 
-def _not_a_record(value: Any, fmt: str | None) -> str:
+def _not_a_record(value: Any) -> str:
     if type(value) is Unparsable:
         return value.detail
     if not isinstance(value, dict):
