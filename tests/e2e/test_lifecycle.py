@@ -139,20 +139,18 @@ def test_duplicate_delivery_and_restart_keep_one_job(
                   {"metadata": {"annotations": {"touch": "1"}}},
                   _content_type="application/merge-patch+json")
     operator.kill()
-    operator.start()
+    # While the operator is down the trainer finishes: the restarted operator must notice.
+    _write_trainer_output(task_storage, st, ns, name, bucket)
+    cluster.complete_job(ns, st["job"]["name"])
     since = time.monotonic()
-    # The restarted operator resumes the task; let it settle, then count.
-    wait_for(lambda: any(c["verb"] == "get" and c["resource"] == "jobs"
-                         for c in _calls_on(api_server.emulator.calls, name, since)), 20,
-             "the resumed operator to look at the Job")
+    operator.start()
+    cluster.wait_phase(ns, name, "Succeeded")
+    assert any(c["verb"] == "get" and c["resource"] == "jobs"
+               for c in _calls_on(api_server.emulator.calls, name, since))
     assert len(cluster.jobs(ns)) == 1
     creates = [c for c in api_server.emulator.calls
                if c["verb"] == "create" and c["resource"] == "jobs" and c["namespace"] == ns]
     assert len(creates) == 1
-    # The run goes on after the restart.
-    _write_trainer_output(task_storage, st, ns, name, bucket)
-    cluster.complete_job(ns, st["job"]["name"])
-    cluster.wait_phase(ns, name, "Succeeded")
 
 
 def test_bad_data_fails_once_without_retry_storm(
@@ -297,3 +295,29 @@ def test_unreachable_s3_is_retried_not_failed(cluster: Cluster, operator: Operat
 
 def _cond_or_none(status: dict[str, Any], type_: str, reason: str) -> bool:
     return any(c["type"] == type_ and c["reason"] == reason for c in status.get("conditions", []))
+
+
+def test_two_operators_at_once_still_make_one_job(
+        cluster: Cluster, operator: OperatorProcess, api_server: Any, namespace: str,
+        bucket: str, task_storage: Storage, s3_server: S3Server, tmp_path: Any) -> None:
+    """Every event delivered twice (e.g. an overlapping rollout): names are deterministic and a
+    second create gets 409, so there is still one ConfigMap and one Job."""
+    from .harness import OperatorProcess as Proc
+
+    second = Proc(operator.kubeconfig, tmp_path / "second.log").start()
+    try:
+        ns, name = namespace, "twice"
+        uri = _dataset(task_storage, bucket, alpaca_records(60), "d.jsonl")
+        cluster.apply_task(ns, name, _spec(s3_server, uri, bucket))
+        st = cluster.wait_phase(ns, name, "Training")
+        # Each operator handles the task (each reads its Secret once); whichever comes second
+        # finds the children there, or gets 409 creating them.
+        wait_for(lambda: len([c for c in api_server.emulator.calls
+                              if c["verb"] == "get" and c["resource"] == "secrets"
+                              and c["namespace"] == ns]) >= 2, 20,
+                 "both operators to handle the task")
+        assert [j["metadata"]["name"] for j in cluster.jobs(ns)] == [st["job"]["name"]]
+        assert len(cluster.configmaps(ns)) == 1
+    finally:
+        second.stop()
+    assert s3_server.secret_key not in second.log.read_text(errors="replace")
