@@ -36,7 +36,7 @@ CONFIG_KEY = "axolotl.yaml"
 WORK_DIR = "/work"
 TERMINATION_LOG = "/dev/termination-log"
 EXIT_BAD_INPUT = 2  # the trainer's "bad input" exit code: the Job fails without retry
-RUN_AS = 1000
+RUN_AS = 10001  # the trainer image's user (trainer-image/Dockerfile)
 MAX_NAME = 63  # Job names end up in the `job-name` pod label: a label value is at most 63 chars
 
 # Quiet, non-tracking defaults for the libraries inside the trainer.
