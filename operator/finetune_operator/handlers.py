@@ -1,9 +1,10 @@
 """Kopf registration only: each handler is one call into reconcile.py.
 
 Every handler is a sync `def`: Kopf runs those in worker threads, so boto3, data preparation
-and the sync kubernetes client never block the event loop. Deletion has no handler (and so no
-finalizer): the ConfigMap and the Job carry owner references and the garbage collector removes
-them; artifacts in S3 stay.
+and the sync kubernetes client never block the event loop. Deletion has no handler: the
+ConfigMap and the Job carry owner references and the garbage collector removes them; artifacts
+in S3 stay. (Kopf keeps its own finalizer on a task while its timer follows the task's Job, and
+lifts it when the task is deleted.)
 """
 
 from __future__ import annotations
