@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -109,7 +110,9 @@ def run(model: Path, work: Path, lengths: str, packing: bool, steps: int) -> dic
     state = json.loads((ckpt / "trainer_state.json").read_text())
     logs = state["log_history"]
     computed = next(e["tokens/total"] for e in reversed(logs) if "tokens/total" in e)
-    runtime = next(e["train_runtime"] for e in reversed(logs) if "train_runtime" in e)
+    # train_runtime is logged after the last checkpoint is written: read it from the output.
+    found = re.findall(r"'train_runtime': '?([0-9.]+)", proc.stdout + proc.stderr)
+    runtime = float(found[-1]) if found else wall
     real = state["epoch"] * real_tokens(model, records, cfg["sequence_len"])
     return {"lengths": lengths, "packing": packing, "sequence_len": cfg["sequence_len"],
             "micro_batch": cfg["micro_batch_size"], "steps": state["global_step"],

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-BUILD_VERSION = 3
+BUILD_VERSION = 4
 PARAMS = {
     "hidden_size": 64, "intermediate_size": 176, "num_hidden_layers": 2, "num_attention_heads": 4,
     "num_key_value_heads": 2, "vocab_size": 640, "max_position_embeddings": 1024,
@@ -32,6 +32,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+TASK_LABELS = ("billing", "bug", "login", "other")
 WORDS = (
     "the a of to and in is it you that he was for on are with as his they be at one have this "
     "from or had by word but what some we can out other were all there when up use your how said "
@@ -69,7 +70,7 @@ def _render(messages: list[dict[str, str]]) -> str:
 
 
 def _train_tokenizer(texts: list[str]):  # type: ignore[no-untyped-def]
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -80,6 +81,9 @@ def _train_tokenizer(texts: list[str]):  # type: ignore[no-untyped-def]
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    # Whole-word tokens for the synthetic task's labels: one token per answer keeps the tiny
+    # model's task learnable by LoRA in a few dozen steps (BPE alone splits them into letters).
+    tok.add_tokens([AddedToken(w, single_word=True) for w in TASK_LABELS])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", bos_token=None, unk_token=None,
         additional_special_tokens=["<|im_start|>", "<|endoftext|>"], model_max_length=1024,
@@ -174,7 +178,7 @@ def synthetic_task(n: int, *, seed: int = 0, filler: tuple[int, int] = (4, 10)) 
     plain = [w for w in WORDS if w not in keywords]
     out = []
     for _ in range(n):
-        label = rng.choice([*LABELS, "other"])
+        label = rng.choice(TASK_LABELS)
         words = [rng.choice(plain) for _ in range(rng.randint(*filler))]
         # The deciding word comes first: easy to attend to for a 2-layer model.
         words.insert(0, rng.choice(LABELS[label]) if label != "other" else rng.choice(plain))

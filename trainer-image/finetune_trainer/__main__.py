@@ -98,8 +98,11 @@ def run(args: argparse.Namespace, work: Path):  # type: ignore[no-untyped-def]
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     try:
         encoded_train = [evaluate.encode(tokenizer, r, shape) for r in inputs.train_records]
-    except ValueError as err:
-        raise fetch.bad_input("BadChatTemplate", f"train.jsonl: {err}") from None
+        for r in inputs.validation_records:
+            evaluate.encode(tokenizer, r, shape)
+    except Exception as err:  # noqa: BLE001 - jinja raises its own types (e.g. role order)
+        raise fetch.bad_input("BadChatTemplate", f"the base model's chat template cannot render "
+                                                 f"a record: {err}") from None
     budget = dict(inputs.config.get(train.BUDGET_KEY) or {})
     seq_len = int(inputs.config.get("sequence_len") or 0)
     budget.update(_measured(encoded_train, seq_len, notes, profile))

@@ -1,0 +1,90 @@
+"""The trainer's pure parts: record checks, the string-typed parquet copy, config localisation,
+verdicts. No training here (tests/integration/test_trainer.py runs the real thing)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from finetune_operator.contract import EvalPoint
+from finetune_trainer.errors import TrainerError
+from finetune_trainer.fetch import parse_records, write_parquet
+from finetune_trainer.report import verdicts
+from finetune_trainer.train import CPU_SAFE, local_config
+
+
+def _jsonl(*records: Any) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in records).encode()
+
+
+def chat(*turns: tuple[str, str]) -> dict[str, Any]:
+    return {"messages": [{"role": r, "content": c} for r, c in turns]}
+
+
+@pytest.mark.parametrize("record, reason", [
+    (chat(("user", "q")), "BadRoles"),                                   # no answer
+    (chat(("assistant", "a")), "BadRoles"),                              # no user turn
+    (chat(("user", "q"), ("assistant", "a"), ("user", "again")), "BadRoles"),
+    (chat(("human", "q"), ("assistant", "a")), "BadRoles"),              # unknown role
+    ({"messages": [{"role": "user"}]}, "Malformed"),
+    ({"text": "x"}, "Malformed"),                                        # wrong shape
+])
+def test_chat_records_need_the_roles_training_needs(record: Any, reason: str) -> None:
+    with pytest.raises(TrainerError) as err:
+        parse_records(_jsonl(chat(("user", "ok"), ("assistant", "ok")), record), "messages", "train.jsonl")
+    assert err.value.reason == reason and err.value.bad_input
+    assert "train.jsonl line 2" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_valid_chat_and_text_records_parse() -> None:
+    assert len(parse_records(_jsonl(chat(("system", "s"), ("user", "q"), ("assistant", "a"))),
+                             "messages", "v")) == 1
+    assert parse_records(_jsonl({"text": "hello"}), "text", "v") == [{"text": "hello"}]
+
+
+@pytest.mark.parametrize("answer", ["2017-10-21", "00123", "3.50", "true", "null", "1e5"])
+def test_parquet_copy_keeps_date_and_number_like_answers_as_strings(answer: str, tmp_path: Path) -> None:
+    import datasets
+
+    rec = chat(("user", "when?"), ("assistant", answer))
+    path = write_parquet([rec, rec], "messages", tmp_path / "train.parquet")
+    ds = datasets.load_dataset("parquet", data_files=str(path), split="train",
+                               cache_dir=str(tmp_path / "cache"))
+    assert ds[0]["messages"][1]["content"] == answer
+    assert isinstance(ds[0]["messages"][1]["content"], str)
+
+
+def test_local_config_points_at_local_copies_and_forces_cpu_safe_keys(tmp_path: Path) -> None:
+    rendered = {"base_model": "org/model", "revision_of_model": "main", "finetune_budget": {"a": 1},
+                "datasets": [{"path": "s3://b/train.jsonl", "ds_type": "json", "type": "chat_template"}],
+                "test_datasets": [{"path": "s3://b/validation.jsonl", "ds_type": "json",
+                                   "type": "chat_template", "split": "train"}],
+                "adapter": "qlora", "bf16": "auto", "lora_mlp_kernel": True}
+    cfg = local_config(rendered, model_dir=tmp_path / "m", tokenizer_dir=tmp_path / "tok",
+                       train_parquet=tmp_path / "t.parquet", validation_parquet=tmp_path / "v.parquet",
+                       work=tmp_path, profile="cpu")
+    assert cfg["base_model"] == str(tmp_path / "m") and "revision_of_model" not in cfg
+    assert cfg["tokenizer_config"] == str(tmp_path / "tok") and "finetune_budget" not in cfg
+    assert cfg["datasets"][0]["path"] == str(tmp_path / "t.parquet")
+    assert cfg["datasets"][0]["ds_type"] == "parquet" and cfg["test_datasets"][0]["split"] == "train"
+    assert cfg["adapter"] == "lora" and all(cfg[k] == v for k, v in CPU_SAFE.items())
+
+
+def _evals(*losses: float) -> list[EvalPoint]:
+    return [EvalPoint(step=10 * (i + 1), eval_loss=x) for i, x in enumerate(losses)]
+
+
+@pytest.mark.parametrize("losses, stopped, base, tuned, overfit, no_gain", [
+    ((2.0, 1.5, 1.2, 1.1), False, 2.5, 1.1, False, False),     # still improving
+    ((2.0, 1.2, 1.3, 1.4), True, 2.5, 1.2, True, False),       # rose for the patience window
+    ((2.0, 1.2, 1.2, 1.2), True, 2.5, 1.2, False, False),      # plateau: stopped, not overfit
+    ((2.0, 1.2, 1.3), True, 2.5, 1.2, False, False),           # shorter than the window
+    ((2.0, 1.9, 1.95, 2.1), True, 1.8, 1.9, True, True),       # both
+])
+def test_verdicts(losses: tuple[float, ...], stopped: bool, base: float, tuned: float,
+                  overfit: bool, no_gain: bool) -> None:
+    v = verdicts(_evals(*losses), stopped_early=stopped, base=base, tuned=tuned, patience=2)
+    assert (v.overfit, v.no_gain) == (overfit, no_gain)
