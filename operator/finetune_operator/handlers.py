@@ -63,6 +63,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Sync handlers run in this pool: mostly waiting on the API and S3, so more than the cores.
     settings.execution.max_workers = max(16, 4 * SETTINGS.max_parallel_preparations)
     settings.networking.request_timeout = 60
+    # Namespace-scoped installs get Roles only: Kopf's namespace/CRD scanning would be refused
+    # (403) and retried through its backoffs for about a minute before serving the listed names.
+    settings.scanning.disabled = bool(SETTINGS.namespaces)
     load_config()
     _STATE["ctx"] = Context(SETTINGS, Kube())
     if SETTINGS.metrics_port and not _STATE.get("metrics_served"):

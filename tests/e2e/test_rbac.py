@@ -18,15 +18,8 @@ CLUSTER_SCOPED = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "n
 # Granted, but no test against kmock exercises them; each is a call the operator makes on a real
 # cluster. Keep this short: a grant that is neither called nor listed here fails the test.
 NOT_EXERCISED_BY_E2E = {
-    ("get", "finetune.v-sekai.org", "finetunetasks/status"): "read-back after a status conflict",
-    ("update", "finetune.v-sekai.org", "finetunetasks/status"): "status replace on conflict",
     ("patch", "batch", "jobs"): "suspend/resume a running Job (spec.suspend)",
     ("get", "", "configmaps"): "create-if-absent after a 409 AlreadyExists",
-    ("get", "", "pods"): "the failed trainer pod by name",
-    ("get", "", "pods/log"): "tail of a failed trainer's log",
-    ("patch", "", "events"): "Kopf/client event aggregation on a real API server",
-    ("create", "events.k8s.io", "events"): "events.k8s.io/v1 clients",
-    ("patch", "events.k8s.io", "events"): "events.k8s.io/v1 aggregation",
     ("get", "apiextensions.k8s.io", "customresourcedefinitions"): "Kopf resource discovery",
 }
 

@@ -23,14 +23,12 @@ CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 # (apiGroup, resource) -> verbs: exactly the calls the operator makes (see _helpers.tpl for why).
 NAMESPACED_RULES = {
     ("finetune.v-sekai.org", "finetunetasks"): {"get", "list", "watch", "patch"},
-    ("finetune.v-sekai.org", "finetunetasks/status"): {"get", "patch", "update"},
+    ("finetune.v-sekai.org", "finetunetasks/status"): {"patch"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "delete", "patch"},
     ("", "configmaps"): {"get", "create", "delete"},
     ("", "secrets"): {"get"},
-    ("", "pods"): {"get", "list"},
-    ("", "pods/log"): {"get"},
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
+    ("", "pods"): {"list"},
+    ("", "events"): {"create"},
 }
 CLUSTER_RULES = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},

@@ -66,8 +66,8 @@ tests/integration/test_helm.py pins this table.
   verbs: [get, list, watch, patch]
 - apiGroups: [finetune.v-sekai.org]
   resources: [finetunetasks/status]
-  # get: read back status; patch/update: phase, conditions, metrics through the status subresource.
-  verbs: [get, patch, update]
+  # patch: phase, conditions, metrics through the status subresource (merge patches only).
+  verbs: [patch]
 - apiGroups: [batch]
   resources: [jobs]
   # create: one trainer Job per run; get/list/watch: follow it; patch: suspend/resume it
@@ -83,16 +83,12 @@ tests/integration/test_helm.py pins this table.
   verbs: [get]
 - apiGroups: [""]
   resources: [pods]
-  # get/list: find the trainer pod of a Job to read its termination message.
-  verbs: [get, list]
+  # list: the trainer pods of a Job (by job-name label) to read their termination message.
+  verbs: [list]
 - apiGroups: [""]
-  resources: [pods/log]
-  # get: the tail of a failed trainer's log for the task's status message.
-  verbs: [get]
-- apiGroups: ["", events.k8s.io]
   resources: [events]
-  # create/patch: Kopf and the operator post events on tasks (patch: repeated events are counted).
-  verbs: [create, patch]
+  # create: Kopf and the operator post core/v1 events on tasks.
+  verbs: [create]
 {{- end }}
 
 {{/*
