@@ -29,6 +29,7 @@ MIN_STEPS, MAX_STEPS = 30, 2000
 MIN_EVALS = 10                # >= 8 evaluations even if the last cadence step falls short
 PACK_GAIN = 1.15              # pack only when it cuts computed tokens by >= ~13%
 SEQ_ROUND = 64
+MIN_STOP_FRACTION = 0.4     # early stopping cannot end a run before this share of steps
 
 Profile = Literal["gpu", "cpu"]
 
@@ -197,10 +198,17 @@ def derive_budget(manifest: Manifest, *, model_name: str, adapter: str, profile:
     evaluations = steps // eval_steps
     why["eval_steps"] = (f"every {eval_steps} steps -> {evaluations} evaluations over {steps} "
                          "steps; save_steps is equal so the best checkpoint is on disk")
-    patience = int(o.get("early_stopping_patience", 2))
+    if "early_stopping_patience" in o:
+        patience = int(o["early_stopping_patience"])
+        how = "spec.training.earlyStoppingPatience"
+    else:
+        # Eval loss on ~30 records is noisy: a stop must not come before ~40% of the budget,
+        # or small-signal tasks end before they learn (DESIGN.md, measured pitfalls).
+        patience = max(2, math.ceil(MIN_STOP_FRACTION * evaluations) - 1)
+        how = f"derived so no stop comes before ~{MIN_STOP_FRACTION:.0%} of the budget"
     earliest = (patience + 1) * eval_steps
     why["early_stopping_patience"] = (
-        f"{patience} evaluations without a new best eval_loss; cannot stop before step "
+        f"{patience} evaluations without a new best eval_loss ({how}); cannot stop before step "
         f"{earliest} ({earliest * 100 // max(steps, 1)}% of the budget)")
 
     if "learning_rate" in o:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -41,6 +42,8 @@ def write_termination(path: str, text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.update(QUIET_ENV)
+    # SIGTERM (pod deletion, local runner) unwinds like Ctrl-C so the Axolotl child is reaped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     from finetune_operator.contract import TerminationMessage, one_line
     from finetune_operator.storage import StorageError, join
 

@@ -72,35 +72,55 @@ def run_axolotl(cfg: dict[str, Any], work: Path) -> TrainResult:
     max_steps = int(cfg.get("max_steps") or 0)
     cmd = [sys.executable, "-m", "axolotl.cli.main", "train", str(path), "--launcher", "python"]
     tail: collections.deque[str] = collections.deque(maxlen=60)
-    last_step = -1
     with open(work / "axolotl.log", "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 cwd=work, env=dict(os.environ))
-        assert proc.stdout is not None
-        buf = b""
-        while True:
-            chunk = proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096)
-            if not chunk:
-                break
-            logf.write(chunk)
-            buf += chunk
-            *pieces, buf = re.split(rb"[\r\n]", buf)
-            for raw in pieces:
-                line = raw.decode("utf-8", "replace").strip()
-                if not line:
-                    continue
-                tail.append(line)
-                for done, total in _STEP.findall(line):
-                    if int(total) == max_steps and int(done) != last_step:
-                        last_step = int(done)
-                        progress("train", step=last_step, maxSteps=max_steps)
-                for value in _EVAL.findall(line):
-                    progress("eval", step=max(last_step, 0), maxSteps=max_steps,
-                             evalLoss=float(value))
+        try:
+            _follow(proc, logf, tail, max_steps)
+        finally:
+            _reap(proc)  # Ctrl-C or SIGTERM on us must not orphan the training process
         rc = proc.wait()
     if rc != 0:
         raise _axolotl_failure(list(tail), rc)
     return read_state(work / "out", list(tail))
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _follow(proc: subprocess.Popen[bytes], logf: Any, tail: collections.deque[str],
+            max_steps: int) -> None:
+    """Copy Axolotl's output to the log; turn its progress bars into FINETUNE_PROGRESS lines."""
+    last_step = -1
+    assert proc.stdout is not None
+    buf = b""
+    while True:
+        chunk = proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096)
+        if not chunk:
+            break
+        logf.write(chunk)
+        buf += chunk
+        *pieces, buf = re.split(rb"[\r\n]", buf)
+        for raw in pieces:
+            line = raw.decode("utf-8", "replace").strip()
+            if not line:
+                continue
+            tail.append(line)
+            for done, total in _STEP.findall(line):
+                if int(total) == max_steps and int(done) != last_step:
+                    last_step = int(done)
+                    progress("train", step=last_step, maxSteps=max_steps)
+            for value in _EVAL.findall(line):
+                progress("eval", step=max(last_step, 0), maxSteps=max_steps,
+                         evalLoss=float(value))
 
 
 def _axolotl_failure(tail: list[str], rc: int) -> TrainerError:
