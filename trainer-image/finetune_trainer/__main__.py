@@ -146,7 +146,8 @@ def _measured(encoded: list, seq_len: int, notes: list[str], profile: str) -> di
     return {"measured": {
         "recordTokensP50": lengths[len(lengths) // 2], "recordTokensP95": lengths[int(0.95 * (len(lengths) - 1))],
         "recordTokensMax": lengths[-1], "answerTokens": answers, "recordsOverSequenceLen": over,
-        "tokenizerNotes": notes, "profile": profile}}
+        "tokenizerNotes": notes, "profile": profile,
+        "earlyStoppingMinDelta": float(os.environ.get("FINETUNE_EARLY_STOPPING_MIN_DELTA") or 0.005)}}
 
 
 if __name__ == "__main__":

@@ -50,6 +50,9 @@ def local_config(config: dict[str, Any], *, model_dir: Path, tokenizer_dir: Path
             raise bad_input("BadConfig", f"the config has no {key}")
         cfg[key] = [dict(cfg[key][0], path=str(path), ds_type="parquet")]
     cfg["test_datasets"][0]["split"] = "train"
+    if cfg.get("early_stopping_patience"):
+        # Gains below a minimum delta do not reset the patience (see stopping.py).
+        cfg["plugins"] = [*(cfg.get("plugins") or []), "finetune_trainer.stopping.MinDeltaStoppingPlugin"]
     cfg["output_dir"] = str(work / "out")
     cfg["dataset_prepared_path"] = str(work / "prepared")
     if profile == "cpu":
