@@ -234,21 +234,3 @@ def derive_budget(manifest: Manifest, *, model_name: str, adapter: str, profile:
         learning_rate=lr, warmup_steps=warmup, eval_sample_packing=eval_packing,
     )
     return budget, why
-
-
-def verdict_advice(metrics: Any) -> str | None:
-    """One line for the operator's condition message when a run overfit or did not gain.
-
-    Takes a contract.Metrics; None when neither verdict is set. Says what to try, in the order
-    most likely to help on ~100-record tasks.
-    """
-    v = metrics.verdicts
-    if v.no_gain:
-        return (f"no gain: tuned eval loss {metrics.eval_loss:.4f} is not below the base model's "
-                f"{metrics.base_eval_loss:.4f}; try more (or cleaner) data, a higher learningRate, "
-                "or check that the answers are learnable from the prompts")
-    if v.overfit:
-        return (f"overfit: eval loss rose {metrics.overfit_gap:.4f} above its best (step "
-                f"{metrics.best_step}) before early stopping; the best checkpoint was kept. Try "
-                "more data, fewer steps (training.maxSteps) or a smaller rank (training.lora.r)")
-    return None

