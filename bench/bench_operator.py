@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -66,6 +67,8 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def main() -> int:
+    # A `timeout` or Ctrl-C must still stop the operator and servers (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--timeout", type=float, default=900.0)
