@@ -19,6 +19,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from . import demo_tasks
 from .contract import one_line
@@ -66,13 +67,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_demo(root: Path, model: str, *, quick: bool, records: int, started: float) -> int:
     from .devs3 import start_s3
+    from .local import interrupt_on_sigterm
+
+    print(f"demo: starting the embedded S3 server (data in {root / 's3'})", flush=True)
+    with interrupt_on_sigterm():
+        return _with_server(start_s3(root / "s3"), root, model, quick=quick, records=records,
+                            started=started)
+
+
+def _with_server(server: Any, root: Path, model: str, *, quick: bool, records: int,
+                 started: float) -> int:
     from .demo_report import write_report
     from .local import EXIT_INTERRUPTED, BadInput, run_tasks
     from .spec import SpecError
     from .storage import Credentials, Storage, StorageError
 
-    print(f"demo: starting the embedded S3 server (data in {root / 's3'})", flush=True)
-    server = start_s3(root / "s3")
     saved = {k: os.environ.get(k) for k in server.env()}
     os.environ.update(server.env())
     try:

@@ -22,7 +22,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -332,6 +334,23 @@ def run_task(task: Any, *, output: str | None, profile: str | None, force: bool,
     return result(manifest=manifest, metrics=metrics)
 
 
+@contextmanager
+def interrupt_on_sigterm() -> Iterator[None]:
+    """Treat SIGTERM (`timeout`, `kill`, a CI cancel) like Ctrl-C: stop the trainer cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # ---- the command --------------------------------------------------------------------------
 
 
@@ -379,7 +398,8 @@ def run_local(task_paths: list[str], *, output: str | None = None, profile: str 
     """The `finetune run --local` command: 0 all succeeded or skipped, 2 bad input, 1 other
     failures, 130 interrupted. Bad input prints one line, never a traceback."""
     try:
-        results = run_tasks(list(task_paths), output=output, profile=profile, force=force)
+        with interrupt_on_sigterm():
+            results = run_tasks(list(task_paths), output=output, profile=profile, force=force)
     except (BadInput, SpecError, StorageError) as err:
         print(f"finetune run: {one_line(str(err))}", file=sys.stderr)
         return EXIT_BAD_INPUT
