@@ -88,3 +88,19 @@ def test_verdicts(losses: tuple[float, ...], stopped: bool, base: float, tuned: 
                   overfit: bool, no_gain: bool) -> None:
     v = verdicts(_evals(*losses), stopped_early=stopped, base=base, tuned=tuned, patience=2)
     assert (v.overfit, v.no_gain) == (overfit, no_gain)
+
+
+@pytest.mark.parametrize(("config", "budget", "lengths", "expect"), [
+    ({"sequence_len": 128}, {"sequenceLen": 128}, [100, 120], 128),      # fits: unchanged
+    ({"sequence_len": 128}, {"sequenceLen": 128}, [100, 200], 256),      # derived: raised to fit
+    ({"sequence_len": 128}, {"sequenceLen": 512}, [100, 200], 128),      # user-set: kept
+    ({"sequence_len": 128, "sample_packing": True}, {"sequenceLen": 128}, [130], 192),
+    ({"sequence_len": 128}, {"sequenceLen": 128}, [20000], 8192),        # capped
+])
+def test_sequence_len_fits_every_measured_record(config, budget, lengths, expect) -> None:
+    from types import SimpleNamespace
+
+    from finetune_trainer.train import fitted_sequence_len
+
+    encoded = [SimpleNamespace(input_ids=[0] * n) for n in lengths]
+    assert fitted_sequence_len(config, budget, encoded) == expect

@@ -101,13 +101,18 @@ def run(args: argparse.Namespace, work: Path):  # type: ignore[no-untyped-def]
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     try:
         encoded_train = [evaluate.encode(tokenizer, r, shape) for r in inputs.train_records]
-        for r in inputs.validation_records:
-            evaluate.encode(tokenizer, r, shape)
+        encoded_validation = [evaluate.encode(tokenizer, r, shape) for r in inputs.validation_records]
     except Exception as err:  # noqa: BLE001 - jinja raises its own types (e.g. role order)
         raise fetch.bad_input("BadChatTemplate", f"the base model's chat template cannot render "
                                                  f"a record: {err}") from None
     budget = dict(inputs.config.get(train.BUDGET_KEY) or {})
-    seq_len = int(inputs.config.get("sequence_len") or 0)
+    seq_len = train.fitted_sequence_len(inputs.config, budget, encoded_train + encoded_validation)
+    if seq_len != int(inputs.config.get("sequence_len") or 0):
+        print(f"finetune-trainer: sequence_len {inputs.config.get('sequence_len')} (estimated from "
+              f"characters) raised to {seq_len} to fit every record measured with the tokenizer",
+              file=sys.stderr, flush=True)
+        budget["sequenceLenFitted"] = seq_len
+        inputs.config["sequence_len"] = seq_len
     budget.update(_measured(encoded_train, seq_len, notes, profile))
 
     train.progress("evaluate-base", step=0, maxSteps=int(inputs.config.get("max_steps") or 0))

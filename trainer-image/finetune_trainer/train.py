@@ -62,6 +62,28 @@ def local_config(config: dict[str, Any], *, model_dir: Path, tokenizer_dir: Path
     return cfg
 
 
+SEQ_ROUND, SEQ_CAP = 64, 8192
+
+
+def fitted_sequence_len(config: dict[str, Any], budget: dict[str, Any], encoded: list[Any]) -> int:
+    """sequence_len that holds every record as the real tokenizer counts it.
+
+    The operator renders sequence_len from character counts (it loads no tokenizer); digits,
+    JSON and non-English text take more tokens per character than it assumes, and Axolotl drops
+    records longer than sequence_len, which can empty the validation split. So a derived value
+    (equal to the budget's) is raised to the measured longest record; a sequence_len the user
+    set (spec.training.sequenceLen or the axolotl overrides) is kept as they asked.
+    """
+    current = int(config.get("sequence_len") or 0)
+    derived = int(budget.get("sequenceLen") or 0)
+    longest = max((len(e.input_ids) for e in encoded), default=0)
+    if not current or current != derived or longest <= current:
+        return current
+    if config.get("sample_packing"):
+        longest = max(longest, current)  # packs stay at least as long as rendered
+    return min(SEQ_CAP, -(-longest // SEQ_ROUND) * SEQ_ROUND)
+
+
 @dataclass
 class TrainResult:
     best_checkpoint: Path
