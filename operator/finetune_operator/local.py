@@ -313,7 +313,8 @@ def run_task(task: Any, *, output: str | None, profile: str | None, force: bool,
     if outcome.interrupted:
         sb.failed("Trained", "Interrupted", f"interrupted: {layout.prefix} has no COMPLETE "
                   "marker, so the next run trains again (the prepared split is reused)")
-        return result(manifest=manifest, exit_code=EXIT_INTERRUPTED, log_path=str(outcome.log_path))
+        shutil.rmtree(work, ignore_errors=True)  # the user stopped it: no scratch left behind
+        return result(manifest=manifest, exit_code=EXIT_INTERRUPTED)
     metrics = completed_metrics(storage, layout) if outcome.returncode == 0 else None
     if metrics is None:
         term = outcome.termination
