@@ -55,7 +55,7 @@ def render(training: dict[str, Any] | None = None, profile: str = "cpu", **kw: A
     ("adapter", "lora"), ("lora_r", 16), ("lora_alpha", 32), ("lora_dropout", 0.05),
     ("lora_target_linear", True), ("train_on_inputs", False), ("val_set_size", 0),
     ("load_best_model_at_end", True), ("metric_for_best_model", "eval_loss"),
-    ("greater_is_better", False), ("early_stopping_patience", 3), ("seed", 42),
+    ("greater_is_better", False), ("early_stopping_patience", 4), ("seed", 42),
     ("excess_length_strategy", "drop"), ("trust_remote_code", False),
 ])
 def test_small_data_safe_defaults(key: str, expected: Any) -> None:
