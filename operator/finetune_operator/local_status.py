@@ -15,8 +15,9 @@ from typing import Any
 
 from .contract import Manifest, Metrics, RunLayout, one_line
 from .resources import child_name
-from .spec import AdapterStatus, DataStatus, DroppedCounts, FineTuneTaskStatus, JobStatus
-from .status import evaluation, metrics_status, new_run, now_iso, set_condition, with_phase
+from .spec import AdapterStatus, FineTuneTaskStatus, JobStatus
+from .status import (data_status, evaluation, metrics_status, new_run, now_iso, set_condition,
+                     with_phase)
 
 
 class StatusBuilder:
@@ -37,15 +38,7 @@ class StatusBuilder:
                                  generation=None)
 
     def prepared(self, manifest: Manifest, layout: RunLayout) -> None:
-        d = manifest.dropped
-        data = DataStatus(train_samples=manifest.train_samples,
-                          validation_samples=manifest.validation_samples,
-                          dropped=DroppedCounts(empty=d.empty, duplicate=d.duplicate,
-                                                malformed=d.malformed, too_long=d.too_long,
-                                                leaked=d.leaked),
-                          digest=manifest.digest, manifest_uri=layout.manifest)
-        msg = (f"{manifest.train_samples} train / {manifest.validation_samples} validation "
-               f"samples, {d.total()} dropped")
+        data, msg = data_status(manifest, layout)
         self.status = self.cond("DataReady", "True", "Prepared", msg).model_copy(
             update={"data": data})
 

@@ -24,8 +24,8 @@ from . import metrics
 from .contract import Manifest, RunLayout
 from .follow import follow, follow_run
 from .resources import build_configmap, build_job, child_name, profile_for
-from .spec import DataStatus, DroppedCounts, FineTuneTaskSpec, JobStatus, SpecError, parse_spec
-from .status import FINAL_PHASES, is_true, new_run, now_iso, with_phase
+from .spec import FineTuneTaskSpec, JobStatus, SpecError, parse_spec
+from .status import FINAL_PHASES, data_status, is_true, new_run, now_iso, with_phase
 from .storage import Storage, StorageError
 from .taskstate import RETRY_SOON, Context, Stop, Task, Writer, api, retry_later, storage_for
 
@@ -108,15 +108,7 @@ def _prepare(w: Writer, spec: FineTuneTaskSpec, layout: RunLayout, storage: Stor
         w.fail("DataReady", "Storage", str(err))
     finally:
         metrics.DATA_PREP_DURATION.labels(w.task.ref.namespace).observe(time.monotonic() - start)
-    d = manifest.dropped
-    data = DataStatus(train_samples=manifest.train_samples,
-                      validation_samples=manifest.validation_samples,
-                      dropped=DroppedCounts(empty=d.empty, duplicate=d.duplicate,
-                                            malformed=d.malformed, too_long=d.too_long,
-                                            leaked=d.leaked),
-                      digest=manifest.digest, manifest_uri=layout.manifest)
-    msg = (f"{manifest.train_samples} train / {manifest.validation_samples} validation samples, "
-           f"{d.total()} dropped")
+    data, msg = data_status(manifest, layout)
     w.commit(w.cond("DataReady", "True", "Prepared", msg).model_copy(update={"data": data}),
              ("Normal", "DataReady", msg))
     return manifest

@@ -10,8 +10,9 @@ from __future__ import annotations
 import datetime
 from typing import Any, Literal
 
-from .contract import Metrics, one_line
-from .spec import Condition, ConditionType, FineTuneTaskStatus, MetricsStatus, Phase
+from .contract import Manifest, Metrics, RunLayout, one_line
+from .spec import (Condition, ConditionType, DataStatus, DroppedCounts, FineTuneTaskStatus,
+                   MetricsStatus, Phase)
 
 CONDITION_ORDER: tuple[ConditionType, ...] = (
     "DataReady", "ConfigRendered", "JobCreated", "Trained", "Evaluated", "Ready")
@@ -88,6 +89,23 @@ def run_started_at(status: FineTuneTaskStatus) -> str | None:
     """When this run began: conditions are reset per run, so the oldest one marks it."""
     times = [c.last_transition_time for c in status.conditions]
     return min(times) if times else None
+
+
+# ---- data ---------------------------------------------------------------------------------
+
+
+def data_status(manifest: Manifest, layout: RunLayout) -> tuple[DataStatus, str]:
+    """status.data of a prepared run and the DataReady message (operator and local runs)."""
+    d = manifest.dropped
+    data = DataStatus(train_samples=manifest.train_samples,
+                      validation_samples=manifest.validation_samples,
+                      dropped=DroppedCounts(empty=d.empty, duplicate=d.duplicate,
+                                            malformed=d.malformed, too_long=d.too_long,
+                                            leaked=d.leaked),
+                      digest=manifest.digest, manifest_uri=layout.manifest)
+    message = (f"{manifest.train_samples} train / {manifest.validation_samples} validation "
+               f"samples, {d.total()} dropped")
+    return data, message
 
 
 # ---- verdicts ------------------------------------------------------------------------------
