@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic.alias_generators import to_camel
 
 from . import API_VERSION, KIND
+from .contract import DropCounts  # status.data.dropped is the manifest's counts as they are
 
 DatasetFormat = Literal["auto", "alpaca", "chat", "input_output", "completion"]
 Phase = Literal["Pending", "Preparing", "Training", "Succeeded", "Failed", "Skipped", "Suspended"]
@@ -155,18 +156,10 @@ class Condition(CamelModel):
     observed_generation: int | None = None
 
 
-class DroppedCounts(CamelModel):
-    empty: int = 0
-    duplicate: int = 0
-    malformed: int = 0
-    too_long: int = 0
-    leaked: int = 0
-
-
 class DataStatus(CamelModel):
     train_samples: int
     validation_samples: int
-    dropped: DroppedCounts = Field(default_factory=DroppedCounts)
+    dropped: DropCounts = Field(default_factory=DropCounts)
     digest: str
     manifest_uri: str | None = None
 

@@ -11,7 +11,7 @@ import datetime
 from typing import Any, Literal
 
 from .contract import Manifest, Metrics, RunLayout, one_line
-from .spec import (Condition, ConditionType, DataStatus, DroppedCounts, FineTuneTaskStatus,
+from .spec import (Condition, ConditionType, DataStatus, FineTuneTaskStatus,
                    MetricsStatus, Phase)
 
 CONDITION_ORDER: tuple[ConditionType, ...] = (
@@ -99,9 +99,7 @@ def data_status(manifest: Manifest, layout: RunLayout) -> tuple[DataStatus, str]
     d = manifest.dropped
     data = DataStatus(train_samples=manifest.train_samples,
                       validation_samples=manifest.validation_samples,
-                      dropped=DroppedCounts(empty=d.empty, duplicate=d.duplicate,
-                                            malformed=d.malformed, too_long=d.too_long,
-                                            leaked=d.leaked),
+                      dropped=d.model_copy(),
                       digest=manifest.digest, manifest_uri=layout.manifest)
     message = (f"{manifest.train_samples} train / {manifest.validation_samples} validation "
                f"samples, {d.total()} dropped")
