@@ -104,3 +104,15 @@ def test_sequence_len_fits_every_measured_record(config, budget, lengths, expect
 
     encoded = [SimpleNamespace(input_ids=[0] * n) for n in lengths]
     assert fitted_sequence_len(config, budget, encoded) == expect
+
+
+def test_exact_match_decoding_stops_at_the_first_wrong_token() -> None:
+    import torch
+
+    from finetune_trainer.evaluate import _stop_on_divergence
+
+    stop = _stop_on_divergence([5, 6, 7], start=2)  # prompt of 2 tokens, answer 5 6 7
+    assert not bool(stop(torch.tensor([[1, 2]]), None)[0])            # nothing generated yet
+    assert not bool(stop(torch.tensor([[1, 2, 5, 6]]), None)[0])      # still on the answer
+    assert bool(stop(torch.tensor([[1, 2, 5, 9]]), None)[0])          # diverged: cannot match
+    assert bool(stop(torch.tensor([[1, 2, 5, 6, 7, 8]]), None)[0])    # longer than the answer

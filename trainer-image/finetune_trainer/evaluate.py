@@ -104,9 +104,29 @@ def answer_loss(model: Any, tokenizer: Any, encoded: list[Encoded]) -> tuple[flo
     return (total / count if count else math.nan), count
 
 
+def _stop_on_divergence(reference: list[int], start: int) -> Any:
+    """Stop greedy decoding at the first token that differs from the reference answer.
+
+    Once a token differs the answer cannot match exactly, so decoding on only costs time: a
+    base model that rambles to the length cap made exact match the slowest part of a CPU run.
+    """
+    import torch
+    from transformers import StoppingCriteria
+
+    class Diverged(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
+            generated = input_ids[0, start:].tolist()
+            n = len(generated)
+            stop = n > len(reference) or (n > 0 and generated[-1] != reference[n - 1])
+            return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+    return Diverged()
+
+
 def exact_match(model: Any, tokenizer: Any, encoded: list[Encoded]) -> float:
     """Greedy answers compared with the reference after trimming whitespace."""
     import torch
+    from transformers import StoppingCriteriaList
 
     device = next(model.parameters()).device
     max_new = max(len(e.input_ids) - e.prompt_len for e in encoded) + 2
@@ -114,10 +134,11 @@ def exact_match(model: Any, tokenizer: Any, encoded: list[Encoded]) -> float:
     with torch.no_grad():
         for e in encoded:
             prompt = torch.tensor([e.input_ids[: e.prompt_len]], device=device)
+            stop = StoppingCriteriaList([_stop_on_divergence(e.input_ids[e.prompt_len:], e.prompt_len)])
             out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
                                  max_new_tokens=max_new, do_sample=False,
                                  eos_token_id=tokenizer.eos_token_id,
-                                 pad_token_id=tokenizer.pad_token_id)
+                                 pad_token_id=tokenizer.pad_token_id, stopping_criteria=stop)
             text = tokenizer.decode(out[0, e.prompt_len:], skip_special_tokens=True)
             hits += text.strip() == e.answer.strip()
     return hits / len(encoded)
