@@ -15,14 +15,12 @@ from __future__ import annotations
 import itertools
 import json
 import secrets
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from kubevalidate import validate_objects
 
 from finetune_operator.devs3 import S3Server, start_s3
 from finetune_operator.storage import Credentials, Storage
@@ -114,12 +112,7 @@ def _operator_output_checked(request: pytest.FixtureRequest, tmp_path: Path) -> 
     created = [b for verb, b in bodies
                if verb in ("create jobs", "create configmaps", "create events")]
     if created:
-        path = tmp_path / "created.yaml"
-        path.write_text(yaml.safe_dump_all(created))
-        cli = Path(sys.executable).parent / "kubernetes-validate"
-        proc = subprocess.run([str(cli), "--strict", "--quiet", str(path)], capture_output=True,
-                              text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        validate_objects(created)
 
 
 @pytest.fixture()

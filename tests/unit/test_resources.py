@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kubevalidate import validate_objects
 import yaml
 
 from finetune_operator.contract import RunLayout
@@ -48,12 +47,7 @@ def _container(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def kubernetes_validate(tmp_path: Path, *objs: dict[str, Any]) -> None:
-    path = tmp_path / "objs.yaml"
-    path.write_text(yaml.safe_dump_all(objs))
-    cli = Path(sys.executable).parent / "kubernetes-validate"
-    proc = subprocess.run([str(cli), "--strict", "--quiet", str(path)], capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    validate_objects(list(objs))
 
 
 @pytest.mark.parametrize(("name", "run", "expected"), [
