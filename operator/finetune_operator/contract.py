@@ -8,6 +8,8 @@ lives under `<output>/<namespace>/<task>/<run>/`:
     data/manifest.json      Manifest: counts, drops by reason, sha256 of each file, sources
     config/axolotl.yaml     the rendered Axolotl config (also in the Job's ConfigMap)
     adapter/                the best LoRA adapter (adapter_config.json, adapter_model.safetensors)
+    search/selection.jsonl  with spec.training.search: the slice of the train split that chose
+                            the winner (never the validation split)
     metrics.json            Metrics: base vs tuned on the validation split, history, verdicts
     COMPLETE                marker written last: a run without it is not finished
 
@@ -70,6 +72,10 @@ class RunLayout(_Model):
     @property
     def adapter(self) -> str:
         return self._at("adapter/")
+
+    @property
+    def selection(self) -> str:
+        return self._at("search/selection.jsonl")
 
     @property
     def metrics(self) -> str:
@@ -178,6 +184,27 @@ class Verdicts(_Model):
     no_gain: bool = Field(description="Tuned eval loss is not below the base model's.")
 
 
+class SearchCandidate(_Model):
+    learning_rate: float
+    lora_r: int
+    lora_alpha: int
+    selection_loss: float = Field(description="Our evaluator's answer loss on the selection slice.")
+    best_step: int | None = None
+    steps_run: int = 0
+    wall_seconds: float = 0.0
+
+
+class SearchReport(_Model):
+    """spec.training.search: every candidate and the one kept. Chosen on the selection slice
+    (carved from the train split), so the validation figures stay an honest held-out measure."""
+
+    fit_samples: int
+    selection_samples: int
+    selection_sha256: str
+    candidates: list[SearchCandidate]
+    chosen: int = Field(description="Index into candidates: the lowest selection loss.")
+
+
 class Metrics(_Model):
     schema_version: int = SCHEMA_VERSION
     run_id: str
@@ -195,12 +222,15 @@ class Metrics(_Model):
     trained_tokens: int | None = None
     packing_efficiency: float | None = Field(None, description="Real tokens / tokens computed.")
     wall_seconds: float = 0.0
+    stage_seconds: dict[str, float] = Field(
+        default_factory=dict, description="Seconds per trainer stage (fetch, evaluate-base, train...).")
     versions: dict[str, str] = Field(default_factory=dict)
     exact_match: ExactMatch | None = None
     verdicts: Verdicts
     adapter_uri: str
     adapter_digest: str | None = None
     budget: dict[str, Any] = Field(default_factory=dict, description="Derived training budget.")
+    search: SearchReport | None = None
 
     @staticmethod
     def relative_improvement(base: float, tuned: float) -> float:

@@ -17,6 +17,8 @@ from .spec import FineTuneTaskSpec
 
 Profile = Literal["gpu", "cpu"]
 BUDGET_KEY = "finetune_budget"  # the trainer copies it into metrics.json `budget`
+SEARCH_KEY = "finetune_search"  # spec.training.search as the trainer runs it (stripped for axolotl)
+MIN_SELECTION_RECORDS = 10      # fewer and the winner is chosen on noise
 LORA_KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
 _TRAINING_OVERRIDES = ("epochs", "max_steps", "learning_rate", "micro_batch_size",
                        "gradient_accumulation_steps", "sequence_len", "sample_packing",
@@ -142,11 +144,41 @@ def _render(spec: FineTuneTaskSpec, manifest: Manifest, layout: RunLayout,
                        "counts are estimated from characters/4 (no tokenizer in the operator), "
                        "the trainer adds the measured ones")
 
+    if t.search is not None:
+        cfg[SEARCH_KEY] = _search_plan(spec, manifest, budget.learning_rate)
+        plan = cfg[SEARCH_KEY]
+        why[SEARCH_KEY] = (
+            f"spec.training.search: {len(plan['candidates'])} candidates, each trained on "
+            f"{manifest.train_samples - plan['selectionRecords']} train records with the same "
+            f"budget and early-stopped on a {plan['selectionRecords']}-record slice of the train "
+            "split; the lowest slice loss wins, and only the winner meets the validation split")
+
     if t.axolotl:
         cfg.update(t.axolotl)
         for key in t.axolotl:
             why[key] = "spec.training.axolotl (merged last, overrides the above)"
     return cfg, why
+
+
+def _search_plan(spec: FineTuneTaskSpec, manifest: Manifest, default_lr: float) -> dict[str, Any]:
+    """The candidates (learning rate x rank) and the size of the selection slice."""
+    t = spec.training
+    assert t.search is not None
+    n_train = manifest.train_samples
+    selection = round(t.search.selection_fraction * n_train)
+    if selection < MIN_SELECTION_RECORDS or n_train - selection < MIN_SELECTION_RECORDS:
+        raise ValueError(
+            f"spec.training.search: {n_train} train records x selectionFraction "
+            f"{t.search.selection_fraction:g} gives a {selection}-record selection slice; at least "
+            f"{MIN_SELECTION_RECORDS} records are needed on each side (raise selectionFraction or "
+            "add samples)")
+    rates = list(dict.fromkeys(t.search.learning_rates)) or [default_lr]
+    ranks = list(dict.fromkeys(t.search.lora_ranks)) or [t.lora.r]
+    candidates = [{"learningRate": lr, "loraR": r,
+                   "loraAlpha": max(1, round(r * t.lora.alpha / t.lora.r))}
+                  for r in ranks for lr in rates]
+    return {"selectionFraction": t.search.selection_fraction, "selectionRecords": selection,
+            "seed": spec.dataset.seed, "candidates": candidates}
 
 
 def _profile_keys(cfg: dict[str, Any], why: dict[str, str], profile: Profile) -> None:

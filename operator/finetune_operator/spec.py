@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
@@ -77,6 +77,30 @@ class LoraSpec(CamelModel):
     target_modules: list[str] | None = Field(None, description="Modules to adapt; default all linear.")
 
 
+MAX_SEARCH_CANDIDATES = 6
+
+
+class SearchSpec(CamelModel):
+    """A few candidates trained in the same run, chosen on a slice carved out of the train split.
+
+    The validation split the status reports is never used to choose: each candidate trains on
+    the rest of the train split and early-stops on the slice, the lowest slice loss wins, and
+    only the winner is measured on the validation split.
+    """
+
+    learning_rates: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        default_factory=list, max_length=MAX_SEARCH_CANDIDATES,
+        description="Learning rates to try; empty: the one training would use.")
+    lora_ranks: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
+        default_factory=list, max_length=MAX_SEARCH_CANDIDATES,
+        description="LoRA ranks to try (alpha keeps the lora.alpha/lora.r ratio); empty: lora.r.")
+    selection_fraction: float = Field(
+        0.2, gt=0, le=0.5, description="Share of the train split held out to choose the winner.")
+
+    def size(self) -> int:
+        return max(1, len(set(self.learning_rates))) * max(1, len(set(self.lora_ranks)))
+
+
 class TrainingSpec(CamelModel):
     adapter: Literal["lora", "qlora"] = Field("lora", description="Adapter kind.")
     lora: LoraSpec = Field(default_factory=LoraSpec)
@@ -89,9 +113,19 @@ class TrainingSpec(CamelModel):
     sample_packing: bool | None = Field(None, description="Default: on where it saves compute.")
     train_on_inputs: bool = Field(False, description="Train on prompt tokens too (normally masked).")
     early_stopping_patience: int = Field(2, ge=0, le=100, description="Evaluations without gain before stop.")
+    search: SearchSpec | None = Field(
+        None, description="Try a few learning rates or ranks; chosen on a slice of the train split.")
     axolotl: dict[str, Any] = Field(
         default_factory=dict, description="Extra Axolotl keys, merged last (advanced)."
     )
+
+    @field_validator("search")
+    @classmethod
+    def _search_size(cls, v: SearchSpec | None) -> SearchSpec | None:
+        if v is not None and not 2 <= v.size() <= MAX_SEARCH_CANDIDATES:
+            raise ValueError(f"search must give 2 to {MAX_SEARCH_CANDIDATES} candidates "
+                             f"(learningRates x loraRanks), got {v.size()}")
+        return v
 
 
 class OutputSpec(CamelModel):
@@ -137,9 +171,11 @@ class FineTuneTaskSpec(CamelModel):
         """Deterministic id of the run this spec asks for.
 
         A digest of the spec (minus `suspend`, which pauses rather than changes a run): re-delivery
-        and operator restarts map to the same run, any real spec change to a new one.
+        and operator restarts map to the same run, any real spec change to a new one. Fields left
+        at None are left out, so a new optional field in a later version (e.g.
+        `training.search`) does not restart every existing task.
         """
-        body = self.model_dump(by_alias=True, mode="json", exclude={"suspend"})
+        body = self.model_dump(by_alias=True, mode="json", exclude={"suspend"}, exclude_none=True)
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
         return "r" + hashlib.sha256(canonical.encode()).hexdigest()[:8]
 
@@ -183,6 +219,8 @@ class MetricsStatus(CamelModel):
     exact_match: float | None = None
     overfit: bool | None = None
     no_gain: bool | None = None
+    chosen_learning_rate: float | None = Field(None, description="spec.training.search's winner.")
+    chosen_lora_r: int | None = Field(None, description="spec.training.search's winner.")
 
 
 class AdapterStatus(CamelModel):

@@ -117,13 +117,16 @@ NO_GAIN_ADVICE = ("the tuned adapter does not beat the base model (eval loss {tu
 
 
 def metrics_status(m: Metrics) -> MetricsStatus:
+    won = m.search.candidates[m.search.chosen] if m.search else None
     return MetricsStatus(
         base_eval_loss=m.base_eval_loss, eval_loss=m.eval_loss, improvement=m.improvement,
         train_loss=m.train_loss, best_step=m.best_step, stopped_early=m.stopped_early,
         overfit_gap=m.overfit_gap,
         exact_match_base=m.exact_match.base if m.exact_match else None,
         exact_match=m.exact_match.tuned if m.exact_match else None,
-        overfit=m.verdicts.overfit, no_gain=m.verdicts.no_gain)
+        overfit=m.verdicts.overfit, no_gain=m.verdicts.no_gain,
+        chosen_learning_rate=won.learning_rate if won else None,
+        chosen_lora_r=won.lora_r if won else None)
 
 
 def evaluation(m: Metrics) -> tuple[str, str, bool]:
@@ -136,6 +139,10 @@ def evaluation(m: Metrics) -> tuple[str, str, bool]:
                f"({m.improvement:+.1%})")
     if m.verdicts.no_gain:
         return "NoGain", NO_GAIN_ADVICE.format(tuned=m.eval_loss, base=m.base_eval_loss), False
+    if m.search:
+        won = m.search.candidates[m.search.chosen]
+        summary += (f"; search chose lr {won.learning_rate:g}, r {won.lora_r} of "
+                    f"{len(m.search.candidates)} on a {m.search.selection_samples}-record train slice")
     if m.verdicts.overfit:
         return "Overfit", f"{summary}; " + OVERFIT_ADVICE.format(gap=m.overfit_gap), True
     return "Improved", summary, True

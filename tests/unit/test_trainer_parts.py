@@ -111,8 +111,11 @@ def test_exact_match_decoding_stops_at_the_first_wrong_token() -> None:
 
     from finetune_trainer.evaluate import _stop_on_divergence
 
-    stop = _stop_on_divergence([5, 6, 7], start=2)  # prompt of 2 tokens, answer 5 6 7
+    stop = _stop_on_divergence([[5, 6, 7]], start=2)  # prompt of 2 tokens, answer 5 6 7
     assert not bool(stop(torch.tensor([[1, 2]]), None)[0])            # nothing generated yet
     assert not bool(stop(torch.tensor([[1, 2, 5, 6]]), None)[0])      # still on the answer
     assert bool(stop(torch.tensor([[1, 2, 5, 9]]), None)[0])          # diverged: cannot match
     assert bool(stop(torch.tensor([[1, 2, 5, 6, 7, 8]]), None)[0])    # longer than the answer
+    # A batch: each row is judged against its own reference (rows of a left-padded batch).
+    rows = _stop_on_divergence([[5, 6], [7, 8]], start=2)
+    assert rows(torch.tensor([[0, 1, 5, 6], [0, 1, 7, 9]]), None).tolist() == [False, True]

@@ -79,11 +79,12 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, work: Path):  # type: ignore[no-untyped-def]
     from finetune_operator.storage import Storage, join
 
-    from . import evaluate, fetch, report, train
+    from . import evaluate, fetch, report, search, train
 
     started = time.monotonic()
+    clock = train.StageClock()
     storage = Storage()
-    train.progress("fetch", step=0, maxSteps=0)
+    clock.enter("fetch", step=0, maxSteps=0)
     inputs = fetch.fetch_run(storage, args.run_uri, args.config, work)
     shape = inputs.manifest.record_shape
     model_name = str(inputs.config.get("base_model") or "")
@@ -115,28 +116,39 @@ def run(args: argparse.Namespace, work: Path):  # type: ignore[no-untyped-def]
         inputs.config["sequence_len"] = seq_len
     budget.update(_measured(encoded_train, seq_len, notes, profile))
 
-    train.progress("evaluate-base", step=0, maxSteps=int(inputs.config.get("max_steps") or 0))
+    max_steps = int(inputs.config.get("max_steps") or 0)
+    clock.enter("evaluate-base", step=0, maxSteps=max_steps)
     base = evaluate.evaluate(model_dir, tokenizer, inputs.validation_records, shape)
     cfg = train.local_config(inputs.config, model_dir=model_dir, tokenizer_dir=tokenizer_dir,
                              train_parquet=inputs.train_parquet,
                              validation_parquet=inputs.validation_parquet, work=work, profile=profile)
-    result = train.run_axolotl(cfg, work)
-    train.progress("evaluate-tuned", step=int(result.state.get("global_step") or 0),
-                   maxSteps=int(cfg.get("max_steps") or 0))
+    plan = inputs.config.get(search.SEARCH_KEY)
+    outcome, trained_idx, extra = None, range(len(encoded_train)), {}
+    clock.enter("search" if plan else "train", step=0, maxSteps=max_steps)
+    if plan:
+        outcome = search.run_search(plan, inputs.config, records=inputs.train_records, shape=shape,
+                                    model_dir=model_dir, tokenizer=tokenizer,
+                                    tokenizer_dir=tokenizer_dir, work=work, profile=profile)
+        result, cfg, trained_idx = outcome.result, outcome.config, outcome.fit_indices
+        extra = {"search/selection.jsonl": outcome.selection_jsonl}
+    else:
+        result = train.run_axolotl(cfg, work)
+    step = int(result.state.get("global_step") or 0)
+    clock.enter("evaluate-tuned", step=step, maxSteps=max_steps)
     tuned = evaluate.evaluate(model_dir, tokenizer, inputs.validation_records, shape,
                               adapter_dir=result.best_checkpoint,
                               with_exact_match=base.exact_match is not None)
-    real_tokens = sum(len(e.input_ids) for e in encoded_train if not seq_len or len(e.input_ids) <= seq_len)
+    real_tokens = sum(n for n in (len(encoded_train[i].input_ids) for i in trained_idx)
+                      if not seq_len or n <= seq_len)
     metrics = report.build_metrics(
         run_id=inputs.manifest.run_id, base=base, tuned=tuned, state=result.state, config=cfg,
         budget=budget, wall_seconds=time.monotonic() - started,
         adapter_uri=join(args.run_uri, "adapter/"),
-        adapter_digest=report.adapter_digest(result.best_checkpoint), real_train_tokens=real_tokens)
-    train.progress("upload", step=int(result.state.get("global_step") or 0),
-                   maxSteps=int(cfg.get("max_steps") or 0))
-    report.upload(storage, args.run_uri, result.best_checkpoint, metrics)
-    train.progress("done", step=int(result.state.get("global_step") or 0),
-                   maxSteps=int(cfg.get("max_steps") or 0))
+        adapter_digest=report.adapter_digest(result.best_checkpoint), real_train_tokens=real_tokens,
+        search=outcome.report if outcome else None, stage_seconds=clock.seconds())
+    clock.enter("upload", step=step, maxSteps=max_steps)
+    report.upload(storage, args.run_uri, result.best_checkpoint, metrics, extra)
+    clock.enter("done", step=step, maxSteps=max_steps)
     return metrics
 
 

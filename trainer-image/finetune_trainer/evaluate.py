@@ -16,6 +16,7 @@ from typing import Any
 
 EXACT_MATCH_MAX_TOKENS = 96  # covers short JSON extractions (~60 tokens), not free prose
 BATCH = 8
+GENERATE_BATCH = 16
 
 
 @dataclass
@@ -68,7 +69,9 @@ def load_model(model_dir: str | Path, adapter_dir: str | Path | None = None) -> 
     if adapter_dir is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        # Merged, the tuned model runs exactly the base model's code and cost (greedy decoding
+        # through unmerged LoRA layers was the slowest part of a CPU evaluation).
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     if torch.cuda.is_available():
         model = model.to("cuda")
     model.eval()
@@ -104,8 +107,8 @@ def answer_loss(model: Any, tokenizer: Any, encoded: list[Encoded]) -> tuple[flo
     return (total / count if count else math.nan), count
 
 
-def _stop_on_divergence(reference: list[int], start: int) -> Any:
-    """Stop greedy decoding at the first token that differs from the reference answer.
+def _stop_on_divergence(references: list[list[int]], start: int) -> Any:
+    """Stop each row's greedy decoding at its first token that differs from its reference.
 
     Once a token differs the answer cannot match exactly, so decoding on only costs time: a
     base model that rambles to the length cap made exact match the slowest part of a CPU run.
@@ -115,32 +118,50 @@ def _stop_on_divergence(reference: list[int], start: int) -> Any:
 
     class Diverged(StoppingCriteria):
         def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
-            generated = input_ids[0, start:].tolist()
-            n = len(generated)
-            stop = n > len(reference) or (n > 0 and generated[-1] != reference[n - 1])
-            return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+            n = input_ids.shape[1] - start
+            stop = []
+            for row, ref in zip(input_ids.tolist(), references):
+                stop.append(n > len(ref) or (n > 0 and row[-1] != ref[n - 1]))
+            return torch.tensor(stop, dtype=torch.bool, device=input_ids.device)
 
     return Diverged()
 
 
 def exact_match(model: Any, tokenizer: Any, encoded: list[Encoded]) -> float:
-    """Greedy answers compared with the reference after trimming whitespace."""
+    """Greedy answers compared with the reference after trimming whitespace.
+
+    Prompts are decoded in left-padded batches: one record at a time, a CPU spends its time
+    reading the weights once per token per record.
+    """
     import torch
     from transformers import StoppingCriteriaList
 
     device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     max_new = max(len(e.input_ids) - e.prompt_len for e in encoded) + 2
     hits = 0
     with torch.no_grad():
-        for e in encoded:
-            prompt = torch.tensor([e.input_ids[: e.prompt_len]], device=device)
-            stop = StoppingCriteriaList([_stop_on_divergence(e.input_ids[e.prompt_len:], e.prompt_len)])
-            out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
+        for start in range(0, len(encoded), GENERATE_BATCH):
+            batch = encoded[start:start + GENERATE_BATCH]
+            width = max(e.prompt_len for e in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for i, e in enumerate(batch):
+                ids[i, width - e.prompt_len:] = torch.tensor(e.input_ids[: e.prompt_len])
+                mask[i, width - e.prompt_len:] = 1
+            refs = [e.input_ids[e.prompt_len:] for e in batch]
+            stop = StoppingCriteriaList([_stop_on_divergence(refs, width)])
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                  max_new_tokens=max_new, do_sample=False,
-                                 eos_token_id=tokenizer.eos_token_id,
-                                 pad_token_id=tokenizer.pad_token_id, stopping_criteria=stop)
-            text = tokenizer.decode(out[0, e.prompt_len:], skip_special_tokens=True)
-            hits += text.strip() == e.answer.strip()
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
+                                 stopping_criteria=stop)
+            for i, (e, ref) in enumerate(zip(batch, refs)):
+                # A row's own tokens end at its first divergence (rows stopped early are padded).
+                gen = out[i, width:].tolist()
+                cut = next((k for k, tok in enumerate(gen) if k >= len(ref) or tok != ref[k]),
+                           len(gen))
+                text = tokenizer.decode(gen[: cut + 1], skip_special_tokens=True)
+                hits += text.strip() == e.answer.strip()
     return hits / len(encoded)
 
 

@@ -55,7 +55,8 @@ def verdicts(evals: list[EvalPoint], *, stopped_early: bool, base: float, tuned:
 
 def build_metrics(*, run_id: str, base: Any, tuned: Any, state: dict[str, Any], config: dict[str, Any],
                   budget: dict[str, Any], wall_seconds: float, adapter_uri: str,
-                  adapter_digest: str | None, real_train_tokens: int) -> Metrics:
+                  adapter_digest: str | None, real_train_tokens: int,
+                  search: Any = None, stage_seconds: dict[str, float] | None = None) -> Metrics:
     evals, trains = histories(state)
     # Axolotl evaluates at step 0 too: that is the base model on its packed eval, not training.
     evals = [e for e in evals if e.step > 0] or evals
@@ -87,7 +88,8 @@ def build_metrics(*, run_id: str, base: Any, tuned: Any, state: dict[str, Any], 
         exact_match=exact,
         verdicts=verdicts(evals, stopped_early=stopped_early, base=base.loss, tuned=tuned.loss,
                           patience=patience),
-        adapter_uri=adapter_uri, adapter_digest=adapter_digest, budget=budget,
+        adapter_uri=adapter_uri, adapter_digest=adapter_digest, budget=budget, search=search,
+        stage_seconds=stage_seconds or {},
     )
 
 
@@ -102,8 +104,12 @@ def adapter_digest(adapter_dir: Path) -> str:
     return hashlib.sha256((adapter_dir / "adapter_model.safetensors").read_bytes()).hexdigest()
 
 
-def upload(storage: Storage, run_uri: str, adapter_dir: Path, metrics: Metrics) -> None:
-    """Adapter files first, metrics.json next, COMPLETE last: a reader never sees a half run."""
+def upload(storage: Storage, run_uri: str, adapter_dir: Path, metrics: Metrics,
+           extra: dict[str, bytes] | None = None) -> None:
+    """Adapter files (and `extra` run files) first, metrics.json next, COMPLETE last: a reader
+    never sees a half run."""
+    for rel, data in (extra or {}).items():
+        storage.write_bytes(join(run_uri, rel), data)
     target = join(run_uri, "adapter")
     for name in ADAPTER_FILES:
         path = adapter_dir / name

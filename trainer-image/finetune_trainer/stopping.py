@@ -5,6 +5,8 @@ any decrease counts as progress. Measured on SmolLM2-135M (ticket triage, CPU): 
 4.40 -> 0.022 -> 0.0017 -> 0.00023 at steps 0/36/72/108 of a 360-step budget, and each
 vanishing gain reset the patience. With a minimum delta of 0.005 nats per answer token such a
 run stops once the loss has settled, and the best checkpoint (restored as before) is the same.
+Once the best loss is itself below the minimum delta the run is solved and stops at once
+(SolvedStopping). The plugin also drops Axolotl's forced evaluation at step 0.
 Loaded only inside the Axolotl subprocess (`plugins:` in the trainer's local config).
 """
 
@@ -14,7 +16,7 @@ import os
 from typing import Any
 
 from axolotl.integrations.base import BasePlugin
-from transformers import EarlyStoppingCallback
+from transformers import EarlyStoppingCallback, TrainerCallback
 
 MIN_DELTA_ENV = "FINETUNE_EARLY_STOPPING_MIN_DELTA"
 DEFAULT_MIN_DELTA = 0.005
@@ -25,10 +27,35 @@ def min_delta() -> float:
     return float(os.environ.get(MIN_DELTA_ENV) or DEFAULT_MIN_DELTA)
 
 
+class SolvedStopping(TrainerCallback):
+    """Stop once the best eval loss is at or below the minimum delta.
+
+    No later evaluation can then improve by more than the minimum delta (a loss is never below
+    0), so waiting out the patience only spends compute: measured on SmolLM2-135M invoice
+    extraction, eval loss 0.0022 at step 27 of 90 already gave 100% exact match, and the run
+    went on to step 54 for gains of 0.001.
+    """
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
+                    **_: Any) -> None:
+        loss = (metrics or {}).get("eval_loss")
+        if loss is not None and state.global_step > 0 and loss <= self.threshold:
+            control.should_training_stop = True
+
+
 class MinDeltaStoppingPlugin(BasePlugin):
+    def get_training_args(self, cfg: Any) -> dict[str, Any]:
+        # Axolotl forces an evaluation at step 0; the trainer has already measured the base
+        # model on every validation record with its own evaluator, so that pass is only cost.
+        return {"eval_on_start": False}
+
     def add_callbacks_post_trainer(self, cfg: Any, trainer: Any) -> list[Any]:
         patience = int(cfg.early_stopping_patience or 0)
         if not patience:
             return []
         return [EarlyStoppingCallback(early_stopping_patience=patience,
-                                      early_stopping_threshold=min_delta())]
+                                      early_stopping_threshold=min_delta()),
+                SolvedStopping(min_delta())]

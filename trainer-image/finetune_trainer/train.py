@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import yaml
 from .errors import TrainerError, bad_input
 
 BUDGET_KEY = "finetune_budget"
+OUR_KEYS_PREFIX = "finetune_"  # finetune_budget, finetune_search: ours, never Axolotl's
 CPU_SAFE = {"bf16": False, "fp16": False, "tf32": False, "attn_implementation": "sdpa",
             "sdpa_varlen": False, "lora_mlp_kernel": False, "lora_qkv_kernel": False,
             "lora_o_kernel": False, "lora_embedding_kernel": False, "load_in_4bit": False,
@@ -36,11 +38,36 @@ def progress(stage: str, **fields: Any) -> None:
     print("FINETUNE_PROGRESS " + json.dumps({"stage": stage, **fields}), flush=True)
 
 
+class StageClock:
+    """Seconds per trainer stage (metrics.json `stageSeconds`): where a run's time goes."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+        self._stage: str | None = None
+        self._since = time.monotonic()
+
+    def enter(self, stage: str, **fields: Any) -> None:
+        """Close the running stage, start `stage` and report it as progress."""
+        now = time.monotonic()
+        if self._stage is not None:
+            self.totals[self._stage] = round(self.totals.get(self._stage, 0.0) + now - self._since, 2)
+        self._stage, self._since = stage, now
+        progress(stage, **fields)
+
+    def seconds(self) -> dict[str, float]:
+        """Totals so far, the running stage included up to now."""
+        now = time.monotonic()
+        out = dict(self.totals)
+        if self._stage is not None:
+            out[self._stage] = round(out.get(self._stage, 0.0) + now - self._since, 2)
+        return out
+
+
 def local_config(config: dict[str, Any], *, model_dir: Path, tokenizer_dir: Path,
                  train_parquet: Path, validation_parquet: Path, work: Path,
                  profile: str) -> dict[str, Any]:
     """The rendered config pointed at local copies; the CPU profile forces CUDA-only keys off."""
-    cfg = {k: v for k, v in config.items() if k != BUDGET_KEY}
+    cfg = {k: v for k, v in config.items() if not k.startswith(OUR_KEYS_PREFIX)}
     cfg["base_model"] = str(model_dir)
     cfg.pop("revision_of_model", None)
     if tokenizer_dir != model_dir:
@@ -50,9 +77,9 @@ def local_config(config: dict[str, Any], *, model_dir: Path, tokenizer_dir: Path
             raise bad_input("BadConfig", f"the config has no {key}")
         cfg[key] = [dict(cfg[key][0], path=str(path), ds_type="parquet")]
     cfg["test_datasets"][0]["split"] = "train"
-    if cfg.get("early_stopping_patience"):
-        # Gains below a minimum delta do not reset the patience (see stopping.py).
-        cfg["plugins"] = [*(cfg.get("plugins") or []), "finetune_trainer.stopping.MinDeltaStoppingPlugin"]
+    # Gains below a minimum delta do not reset the patience, a solved run stops, and Axolotl's
+    # step-0 evaluation is skipped (see stopping.py).
+    cfg["plugins"] = [*(cfg.get("plugins") or []), "finetune_trainer.stopping.MinDeltaStoppingPlugin"]
     cfg["output_dir"] = str(work / "out")
     cfg["dataset_prepared_path"] = str(work / "prepared")
     if profile == "cpu":
