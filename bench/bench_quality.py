@@ -54,7 +54,7 @@ def _f(v: float | None, fmt: str) -> str:
 
 
 def table(tasks: list[demo_tasks.DemoTask], results: dict[tuple[str, str], TaskResult]) -> str:
-    head = ["task", "kind", "base loss", "base EM", "defaults loss", "defaults EM", "defaults steps",
+    head = ["task", "kind", "base loss", "base EM", "defaults loss", "defaults EM", "defaults steps run/budget",
             "defaults wall", "hand loss", "hand EM", "hand wall", "target"]
     rows = []
     for t in tasks:
@@ -74,11 +74,12 @@ def table(tasks: list[demo_tasks.DemoTask], results: dict[tuple[str, str], TaskR
             if dm.eval_loss >= dm.base_eval_loss:
                 misses.append("loss>=base")
             verdict = "met" if not misses else "MISS: " + ", ".join(misses)
-        steps = dm.budget.get("maxSteps") or dm.budget.get("max_steps") if dm and dm.budget else None
-        steps = steps if steps is not None else (dm.best_step if dm else None)
+        budget_steps = dm.budget.get("maxSteps") if dm and dm.budget else None
+        ran = dm.eval_history[-1].step if dm and dm.eval_history else None
+        steps = None if budget_steps is None else f"{ran if ran is not None else '?'}/{budget_steps}"
         rows.append([t.name, t.kind.split(" (")[0], _f(bm.base_eval_loss if bm else None, ".3f"),
                      _f(_em(base, "base"), ".0%"), _f(dm.eval_loss if dm else None, ".3f"),
-                     _f(d_em, ".0%"), "-" if steps is None else str(steps),
+                     _f(d_em, ".0%"), steps or "-",
                      _f(d.wall_s if d else None, ".0f"), _f(hm.eval_loss if hm else None, ".3f"),
                      _f(h_em, ".0%"), _f(h.wall_s if h else None, ".0f"), verdict])
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -32,7 +32,7 @@ MIN_STEPS, MAX_STEPS = 30, 2000
 MIN_EVALS = 10                # >= 8 evaluations even if the last cadence step falls short
 PACK_GAIN = 1.15              # pack only when it cuts computed tokens by >= ~13%
 SEQ_ROUND = 64
-MIN_STOP_FRACTION = 0.4     # early stopping cannot end a run before this share of steps
+MIN_STOP_FRACTION = 0.3     # early stopping cannot end a run before this share of steps
 
 Profile = Literal["gpu", "cpu"]
 

@@ -103,6 +103,50 @@ def test_trainer_beats_the_base_model(storage: Storage, bucket: str, s3_server: 
         p["stage"] for p in progress}
 
 
+def _prompts(jsonl_text: str) -> set[str]:
+    return {json.dumps(json.loads(line)["messages"][:-1], sort_keys=True)
+            for line in jsonl_text.splitlines() if line.strip()}
+
+
+@pytest.mark.slow
+@pytest.mark.s3
+def test_search_chooses_on_a_train_slice_and_never_on_the_validation_split(
+        storage: Storage, bucket: str, s3_server: Any, tiny_model: Path, tmp_path: Path) -> None:
+    # One candidate that learns and one whose rate is too small to move: the slice must tell.
+    layout, manifest = prepare(storage, bucket, synthetic_task(150, seed=5), tiny_model,
+                               task="search", training={
+                                   "maxSteps": 24, "search": {"learningRates": [1e-6, 2e-3]}})
+    rc, out, term = run_trainer(layout, s3_server, tmp_path)
+    assert rc == 0, out[-3000:]
+    metrics = Metrics.model_validate_json(storage.read_text(layout.metrics))
+    search = metrics.search
+    assert search is not None, metrics.to_json()
+    assert (search.fit_samples, search.selection_samples) == (96, 24)
+    assert [c.learning_rate for c in search.candidates] == [1e-6, 2e-3]
+    losses = [c.selection_loss for c in search.candidates]
+    assert search.chosen == 1 and losses[1] < losses[0], losses
+    assert all(c.steps_run > 0 and c.wall_seconds > 0 for c in search.candidates)
+
+    # The slice is a part of the train split, shares no prompt with validation, and is the one
+    # recorded in metrics.json.
+    selection = storage.read_bytes(layout.selection)
+    import hashlib
+
+    assert hashlib.sha256(selection).hexdigest() == search.selection_sha256
+    chosen_prompts = _prompts(selection.decode())
+    assert len(chosen_prompts) == 24
+    assert chosen_prompts <= _prompts(storage.read_text(layout.train))
+    assert not chosen_prompts & _prompts(storage.read_text(layout.validation))
+
+    # Only the winner met the validation split: its adapter is the shipped one and it beats base.
+    assert metrics.eval_loss < metrics.base_eval_loss and not metrics.verdicts.no_gain
+    assert metrics.validation_samples == manifest.validation_samples == 30
+    assert {"search", "evaluate-base", "evaluate-tuned"} <= set(metrics.stage_seconds)
+    stages = {json.loads(line.split(" ", 1)[1])["stage"] for line in out.splitlines()
+              if line.startswith("FINETUNE_PROGRESS ")}
+    assert "search" in stages and "train" in stages
+
+
 INDEPENDENT = textwrap.dedent("""
     # Plain transformers + peft, no project code: mean loss over answer tokens + end of turn.
     import json, sys, torch
@@ -206,3 +250,22 @@ def test_bad_input_exits_2_with_one_line(storage: Storage, bucket: str, s3_serve
     assert "Traceback" not in out
     assert not storage.exists(layout.complete_marker)
     assert s3_server.secret_key not in out and s3_server.secret_key not in term.message
+
+
+@pytest.mark.parametrize("loss, best, step, stops", [
+    (0.004, None, 40, True),     # solved: nothing left to gain by more than the minimum delta
+    (0.02, 0.003, 40, True),     # an earlier evaluation already solved it
+    (0.004, None, 20, False),    # solved, but before the budget's earliest stop step
+    (0.02, 0.01, 40, False),     # not solved: patience decides
+])
+def test_a_solved_run_stops_but_never_before_the_earliest_step(
+        loss: float, best: float | None, step: int, stops: bool) -> None:
+    from types import SimpleNamespace
+
+    from finetune_trainer.stopping import SolvedStopping
+
+    control = SimpleNamespace(should_training_stop=False)
+    SolvedStopping(0.005, earliest_step=36).on_evaluate(
+        None, SimpleNamespace(global_step=step, best_metric=best), control,
+        metrics={"eval_loss": loss})
+    assert control.should_training_stop is stops

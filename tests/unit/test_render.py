@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_operator.budget import derive_budget, model_size_billions
+from finetune_operator.budget import MIN_STOP_FRACTION, derive_budget, model_size_billions
 from finetune_operator.contract import FileDigest, LengthStats, Manifest, RunLayout
 from finetune_operator.render import BUDGET_KEY, explain_axolotl_config, render_axolotl_config
 from finetune_operator.spec import parse_spec
@@ -55,7 +55,7 @@ def render(training: dict[str, Any] | None = None, profile: str = "cpu", **kw: A
     ("adapter", "lora"), ("lora_r", 16), ("lora_alpha", 32), ("lora_dropout", 0.05),
     ("lora_target_linear", True), ("train_on_inputs", False), ("val_set_size", 0),
     ("load_best_model_at_end", True), ("metric_for_best_model", "eval_loss"),
-    ("greater_is_better", False), ("early_stopping_patience", 4), ("seed", 42),
+    ("greater_is_better", False), ("early_stopping_patience", 3), ("seed", 42),
     ("excess_length_strategy", "drop"), ("trust_remote_code", False),
 ])
 def test_small_data_safe_defaults(key: str, expected: Any) -> None:
@@ -203,7 +203,7 @@ def test_axolotl_overrides_are_merged_last() -> None:
 
 def test_early_stop_never_before_a_minimum_share_of_the_budget() -> None:
     budget = render()[BUDGET_KEY]
-    assert budget["earliestStopStep"] >= 0.4 * budget["maxSteps"]
+    assert budget["earliestStopStep"] >= MIN_STOP_FRACTION * budget["maxSteps"]
 
 
 def test_budget_overrides_are_recorded() -> None:

@@ -132,7 +132,7 @@ def run(args: argparse.Namespace, work: Path):  # type: ignore[no-untyped-def]
         result, cfg, trained_idx = outcome.result, outcome.config, outcome.fit_indices
         extra = {"search/selection.jsonl": outcome.selection_jsonl}
     else:
-        result = train.run_axolotl(cfg, work)
+        result = train.run_axolotl(cfg, work, earliest_stop_step=int(budget.get("earliestStopStep") or 0))
     step = int(result.state.get("global_step") or 0)
     clock.enter("evaluate-tuned", step=step, maxSteps=max_steps)
     tuned = evaluate.evaluate(model_dir, tokenizer, inputs.validation_records, shape,

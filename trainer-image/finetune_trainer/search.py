@@ -91,6 +91,7 @@ def run_search(plan: dict[str, Any], config: dict[str, Any], *, records: list[di
     selection_parquet = write_parquet(selection, shape, work / "search" / "selection.parquet")
     selection_jsonl = jsonl(selection)
 
+    earliest = int((config.get(train.BUDGET_KEY) or {}).get("earliestStopStep") or 0)
     scored: list[SearchCandidate] = []
     runs: list[tuple[train.TrainResult, dict[str, Any]]] = []
     for i, cand in enumerate(candidates_plan):
@@ -104,7 +105,7 @@ def run_search(plan: dict[str, Any], config: dict[str, Any], *, records: list[di
                                  train_parquet=fit_parquet, validation_parquet=selection_parquet,
                                  work=cand_work, profile=profile)
         started = time.monotonic()
-        result = train.run_axolotl(cfg, cand_work)
+        result = train.run_axolotl(cfg, cand_work, earliest_stop_step=earliest)
         score = evaluate.evaluate(model_dir, tokenizer, selection, shape,
                                   adapter_dir=result.best_checkpoint, with_exact_match=False)
         best = result.best_checkpoint.name.split("-")[-1]

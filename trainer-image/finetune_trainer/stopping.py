@@ -5,8 +5,8 @@ any decrease counts as progress. Measured on SmolLM2-135M (ticket triage, CPU): 
 4.40 -> 0.022 -> 0.0017 -> 0.00023 at steps 0/36/72/108 of a 360-step budget, and each
 vanishing gain reset the patience. With a minimum delta of 0.005 nats per answer token such a
 run stops once the loss has settled, and the best checkpoint (restored as before) is the same.
-Once the best loss is itself below the minimum delta the run is solved and stops at once
-(SolvedStopping). The plugin also drops Axolotl's forced evaluation at step 0.
+Once the best loss is itself below the minimum delta the run is solved and stops at the next
+evaluation from the budget's earliest stop step on (SolvedStopping). The plugin also drops Axolotl's forced evaluation at step 0.
 Loaded only inside the Axolotl subprocess (`plugins:` in the trainer's local config).
 """
 
@@ -19,6 +19,7 @@ from axolotl.integrations.base import BasePlugin
 from transformers import EarlyStoppingCallback, TrainerCallback
 
 MIN_DELTA_ENV = "FINETUNE_EARLY_STOPPING_MIN_DELTA"
+EARLIEST_STOP_ENV = "FINETUNE_EARLIEST_STOP_STEP"  # the budget's floor: no stop of ours before it
 DEFAULT_MIN_DELTA = 0.005
 PLUGIN = "finetune_trainer.stopping.MinDeltaStoppingPlugin"
 
@@ -36,13 +37,15 @@ class SolvedStopping(TrainerCallback):
     went on to step 54 for gains of 0.001.
     """
 
-    def __init__(self, threshold: float) -> None:
+    def __init__(self, threshold: float, earliest_step: int) -> None:
         self.threshold = threshold
+        self.earliest_step = max(1, earliest_step)
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
                     **_: Any) -> None:
-        loss = (metrics or {}).get("eval_loss")
-        if loss is not None and state.global_step > 0 and loss <= self.threshold:
+        # state.best_metric is updated after the callbacks run: take this evaluation in too.
+        seen = [x for x in ((metrics or {}).get("eval_loss"), state.best_metric) if x is not None]
+        if seen and state.global_step >= self.earliest_step and min(seen) <= self.threshold:
             control.should_training_stop = True
 
 
@@ -58,4 +61,4 @@ class MinDeltaStoppingPlugin(BasePlugin):
             return []
         return [EarlyStoppingCallback(early_stopping_patience=patience,
                                       early_stopping_threshold=min_delta()),
-                SolvedStopping(min_delta())]
+                SolvedStopping(min_delta(), int(os.environ.get(EARLIEST_STOP_ENV) or 0))]

@@ -118,7 +118,7 @@ class TrainResult:
     log_tail: list[str] = field(default_factory=list)
 
 
-def run_axolotl(cfg: dict[str, Any], work: Path) -> TrainResult:
+def run_axolotl(cfg: dict[str, Any], work: Path, *, earliest_stop_step: int = 0) -> TrainResult:
     path = work / "axolotl.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     max_steps = int(cfg.get("max_steps") or 0)
@@ -126,7 +126,8 @@ def run_axolotl(cfg: dict[str, Any], work: Path) -> TrainResult:
     tail: collections.deque[str] = collections.deque(maxlen=60)
     with open(work / "axolotl.log", "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                cwd=work, env=dict(os.environ))
+                                cwd=work, env={**os.environ,
+                                               "FINETUNE_EARLIEST_STOP_STEP": str(earliest_stop_step)})
         try:
             _follow(proc, logf, tail, max_steps)
         finally:
