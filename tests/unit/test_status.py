@@ -89,3 +89,17 @@ def test_ready_follows_the_phase_until_the_run_ends() -> None:
     done = set_condition(st, "Ready", "True", "Improved", "ok", generation=1, now=T2)
     done = with_phase(done, "Succeeded", "ok", generation=1, now=T2)
     assert condition(done, "Ready").status == "True"  # type: ignore[union-attr]
+
+
+def test_a_search_winner_reaches_the_status_and_the_message() -> None:
+    from finetune_operator.contract import SearchCandidate, SearchReport
+    from finetune_operator.status import metrics_status
+
+    m = _metrics(2.0, 1.0).model_copy(update={"search": SearchReport(
+        fit_samples=96, selection_samples=24, selection_sha256="0" * 64, chosen=1,
+        candidates=[SearchCandidate(learning_rate=r, lora_r=8, lora_alpha=16, selection_loss=x)
+                    for r, x in ((1e-4, 0.9), (5e-4, 0.4))])})
+    st = metrics_status(m)
+    assert (st.chosen_learning_rate, st.chosen_lora_r) == (5e-4, 8)
+    assert "search chose lr 0.0005, r 8 of 2 on a 24-record train slice" in evaluation(m)[1]
+    assert metrics_status(_metrics(2.0, 1.0)).chosen_learning_rate is None
