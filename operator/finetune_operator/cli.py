@@ -7,7 +7,6 @@ and exits 2; no traceback reaches the user. Heavy modules are imported per subco
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 

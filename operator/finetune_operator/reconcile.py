@@ -116,7 +116,6 @@ def _prepare(w: Writer, spec: FineTuneTaskSpec, layout: RunLayout, storage: Stor
 
 def _render(w: Writer, spec: FineTuneTaskSpec, layout: RunLayout, storage: Storage,
             manifest: Manifest) -> None:
-    import yaml
 
     from .render import render_axolotl_config
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_render import manifest, render
+from tests.unit.test_render import render
 
 axolotl_config = pytest.importorskip("axolotl.utils.config")
 
