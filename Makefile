@@ -90,6 +90,10 @@ bench-operator: venv ## 1,000 tasks applied at once against kmock
 bench-quality: venv ## Five tasks on SmolLM2-135M: base vs our defaults vs a hand config
 	$(PY) bench/bench_quality.py
 
+.PHONY: bench-quality-smoke
+bench-quality-smoke: venv ## One bench-quality task with our defaults; fails if it misses the target (CI)
+	$(PY) bench/bench_quality.py --tasks basket-yes-no --variants defaults --check --force --dir out/bench-quality-smoke
+
 .PHONY: clean
 clean: ## Remove build and test outputs (keeps .venv)
 	rm -rf .pytest_cache .hypothesis out .demo build *.egg-info

@@ -53,6 +53,22 @@ def _f(v: float | None, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def target_verdict(d: TaskResult | None, h: TaskResult | None) -> str:
+    """`met`, or what misses the target: EM >= 0.95, never below the hand config, loss < base."""
+    dm = d.metrics if d else None
+    if dm is None:
+        return "not run" if d is None else f"failed: {d.status.message}"[:60]
+    d_em, h_em = _em(d, "tuned"), _em(h, "tuned")
+    misses = []
+    if d_em is None or d_em < TARGET_EM:
+        misses.append(f"EM<{TARGET_EM:.2f}")
+    if d_em is not None and h_em is not None and d_em < h_em:
+        misses.append("below hand")
+    if dm.eval_loss >= dm.base_eval_loss:
+        misses.append("loss>=base")
+    return "met" if not misses else "MISS: " + ", ".join(misses)
+
+
 def table(tasks: list[demo_tasks.DemoTask], results: dict[tuple[str, str], TaskResult]) -> str:
     head = ["task", "kind", "base loss", "base EM", "defaults loss", "defaults EM", "defaults steps run/budget",
             "defaults wall", "hand loss", "hand EM", "hand wall", "target"]
@@ -63,17 +79,7 @@ def table(tasks: list[demo_tasks.DemoTask], results: dict[tuple[str, str], TaskR
         bm = base.metrics if base else None
         dm, hm = (d.metrics if d else None), (h.metrics if h else None)
         d_em, h_em = _em(d, "tuned"), _em(h, "tuned")
-        if dm is None:
-            verdict = "not run" if d is None else f"failed: {d.status.message}"[:60]
-        else:
-            misses = []
-            if d_em is None or d_em < TARGET_EM:
-                misses.append(f"EM<{TARGET_EM:.2f}")
-            if d_em is not None and h_em is not None and d_em < h_em:
-                misses.append("below hand")
-            if dm.eval_loss >= dm.base_eval_loss:
-                misses.append("loss>=base")
-            verdict = "met" if not misses else "MISS: " + ", ".join(misses)
+        verdict = target_verdict(d, h)
         budget_steps = dm.budget.get("maxSteps") if dm and dm.budget else None
         ran = dm.eval_history[-1].step if dm and dm.eval_history else None
         steps = None if budget_steps is None else f"{ran if ran is not None else '?'}/{budget_steps}"
@@ -96,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", default="out/bench-quality")
     parser.add_argument("--force", action="store_true", help="retrain complete runs")
     parser.add_argument("--model", help="base model folder (default: SmolLM2-135M-Instruct from PyPI)")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when a task misses the target (CI's one-task smoke run)")
     args = parser.parse_args(argv)
     root = Path(args.dir).resolve()
     names = [n.strip() for n in args.tasks.split(",") if n.strip()]
@@ -136,7 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwall time: {wall:.0f} s ({wall / 60:.1f} min); table in {report}")
     report.write_text(f"# bench-quality\n\nModel: `{model}`\n\n{table(tasks, results)}\n\n"
                       f"Wall time: {wall:.0f} s\n")
-    return 0 if all(r.metrics is not None for r in results.values()) else 1
+    if not all(r.metrics is not None for r in results.values()):
+        return 1
+    if args.check:
+        missed = [t.name for t in tasks
+                  if target_verdict(results.get((t.name, "defaults")), results.get((t.name, "hand"))) != "met"]
+        if missed:
+            print(f"bench-quality: target missed on {', '.join(missed)}", file=sys.stderr)
+            return 1
+    return 0
 
 
 if __name__ == "__main__":
