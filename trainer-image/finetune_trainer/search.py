@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,11 @@ def run_search(plan: dict[str, Any], config: dict[str, Any], *, records: list[di
         runs.append((result, cfg))
         log(f"search candidate {i + 1}/{len(candidates_plan)} lr {lr:g} r {rank}: selection loss "
             f"{score.loss:.4f} (best step {scored[-1].best_step})")
+        # Disk stays at one candidate's checkpoints (plus the one training): drop the loser's.
+        leader = winner(scored)
+        for j, (run, _) in enumerate(runs):
+            if j != leader:
+                shutil.rmtree(run.best_checkpoint.parent, ignore_errors=True)
     chosen = winner(scored)
     report = SearchReport(
         fit_samples=len(fit), selection_samples=len(selection),
