@@ -122,7 +122,10 @@ def test_ctrl_c_leaves_no_complete_run(storage: Storage, bucket: str, tiny_model
     env = {**os.environ, **s3_env}
     proc = subprocess.Popen([sys.executable, "-m", "finetune_operator.cli", "run", str(path),
                              "--local", "--profile", "cpu"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            # A terminal's SIGINT disposition, even when the tests themselves run
+                            # in a background job (which starts with SIGINT ignored).
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:  # training has begun once the config is written

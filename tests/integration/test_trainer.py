@@ -183,9 +183,18 @@ def test_early_stopping_on_tiny_noisy_data_and_reported_loss_is_the_shipped_adap
     rc, out, term = run_trainer(layout, s3_server, tmp_path)
     assert rc == 0, out[-3000:]
     metrics = Metrics.model_validate_json(storage.read_text(layout.metrics))
+    print("\neval history:", [(e.step, round(e.eval_loss, 4)) for e in metrics.eval_history])
     assert metrics.stopped_early, metrics.to_json()
     assert metrics.overfit_gap >= 0
-    assert metrics.best_step is not None and metrics.best_step < metrics.eval_history[-1].step
+    # The stop came from a rise (the best is behind the last evaluation) or from a gain under
+    # the minimum delta (CPU runs are not bit-repeatable: either can end this noisy run).
+    last, earlier = metrics.eval_history[-1], metrics.eval_history[:-1]
+    assert metrics.best_step is not None and earlier
+    if metrics.best_step == last.step:
+        gain = min(e.eval_loss for e in earlier) - last.eval_loss
+        assert 0 <= gain < metrics.budget["measured"]["earlyStoppingMinDelta"], metrics.eval_history
+    else:
+        assert metrics.best_step < last.step
     assert metrics.verdicts.overfit == (metrics.overfit_gap > 0.01 * min(
         e.eval_loss for e in metrics.eval_history))
 
