@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 SCHEMA_VERSION = 1
@@ -203,6 +203,13 @@ class SearchReport(_Model):
     selection_sha256: str
     candidates: list[SearchCandidate]
     chosen: int = Field(description="Index into candidates: the lowest selection loss.")
+
+    @model_validator(mode="after")
+    def _chosen_is_a_candidate(self) -> SearchReport:
+        if not 0 <= self.chosen < len(self.candidates):
+            raise ValueError(f"search.chosen {self.chosen} is not one of "
+                             f"{len(self.candidates)} candidates")
+        return self
 
 
 class Metrics(_Model):

@@ -101,3 +101,13 @@ def _cand(loss: float) -> SearchCandidate:
     ([0.5, 0.2, 0.3], 1), ([math.nan, 0.9], 1), ([0.1, 0.1], 0)])
 def test_the_lowest_selection_loss_wins_and_nan_never_does(losses: list[float], chosen: int) -> None:
     assert winner([_cand(x) for x in losses]) == chosen
+
+
+def test_a_search_report_must_name_one_of_its_candidates() -> None:
+    from pydantic import ValidationError
+
+    from finetune_operator.contract import SearchReport
+
+    with pytest.raises(ValidationError, match="not one of 1 candidates"):
+        SearchReport(fit_samples=1, selection_samples=1, selection_sha256="0", chosen=1,
+                     candidates=[_cand(0.1)])
