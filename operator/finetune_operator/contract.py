@@ -27,6 +27,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 SCHEMA_VERSION = 1
+# Keys of ours in the rendered Axolotl config (the trainer strips every `finetune_` key before
+# Axolotl sees the config): the derived budget, copied into metrics.json `budget`, and the
+# spec.training.search plan.
+CONFIG_KEY_PREFIX = "finetune_"
+BUDGET_KEY = CONFIG_KEY_PREFIX + "budget"
+SEARCH_KEY = CONFIG_KEY_PREFIX + "search"
 TERMINATION_LOG_LIMIT = 4096  # bytes Kubernetes keeps of /dev/termination-log
 DROP_REASONS = ("empty", "duplicate", "malformed", "tooLong", "leaked")
 

@@ -12,12 +12,10 @@ import math
 from typing import Any, Literal
 
 from .budget import derive_budget
-from .contract import Manifest, RunLayout
+from .contract import BUDGET_KEY, SEARCH_KEY, Manifest, RunLayout
 from .spec import FineTuneTaskSpec
 
 Profile = Literal["gpu", "cpu"]
-BUDGET_KEY = "finetune_budget"  # the trainer copies it into metrics.json `budget`
-SEARCH_KEY = "finetune_search"  # spec.training.search as the trainer runs it (stripped for axolotl)
 MIN_SELECTION_RECORDS = 10      # fewer and the winner is chosen on noise
 LORA_KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
 _TRAINING_OVERRIDES = ("epochs", "max_steps", "learning_rate", "micro_batch_size",

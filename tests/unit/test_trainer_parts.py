@@ -119,3 +119,17 @@ def test_exact_match_decoding_stops_at_the_first_wrong_token() -> None:
     # A batch: each row is judged against its own reference (rows of a left-padded batch).
     rows = _stop_on_divergence([[5, 6], [7, 8]], start=2)
     assert rows(torch.tensor([[0, 1, 5, 6], [0, 1, 7, 9]]), None).tolist() == [False, True]
+
+
+def test_stage_clock_adds_up_repeated_stages(capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    from finetune_trainer.train import StageClock
+
+    clock = StageClock()
+    for stage in ("fetch", "train", "fetch"):
+        clock.enter(stage)
+        time.sleep(0.02)
+    seconds = clock.seconds()
+    assert set(seconds) == {"fetch", "train"} and seconds["fetch"] >= 0.04 and seconds["train"] >= 0.02
+    assert capsys.readouterr().out.count("FINETUNE_PROGRESS") == 3

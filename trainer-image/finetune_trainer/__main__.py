@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, work: Path):  # type: ignore[no-untyped-def]
+    from finetune_operator.contract import BUDGET_KEY, SEARCH_KEY
     from finetune_operator.storage import Storage, join
 
     from . import evaluate, fetch, report, search, train
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace, work: Path):  # type: ignore[no-untyped-def]
     except Exception as err:  # noqa: BLE001 - jinja raises its own types (e.g. role order)
         raise fetch.bad_input("BadChatTemplate", f"the base model's chat template cannot render "
                                                  f"a record: {err}") from None
-    budget = dict(inputs.config.get(train.BUDGET_KEY) or {})
+    budget = dict(inputs.config.get(BUDGET_KEY) or {})
     seq_len = train.fitted_sequence_len(inputs.config, budget, encoded_train + encoded_validation)
     if seq_len != int(inputs.config.get("sequence_len") or 0):
         print(f"finetune-trainer: sequence_len {inputs.config.get('sequence_len')} (estimated from "
@@ -119,10 +120,7 @@ def run(args: argparse.Namespace, work: Path):  # type: ignore[no-untyped-def]
     max_steps = int(inputs.config.get("max_steps") or 0)
     clock.enter("evaluate-base", step=0, maxSteps=max_steps)
     base = evaluate.evaluate(model_dir, tokenizer, inputs.validation_records, shape)
-    cfg = train.local_config(inputs.config, model_dir=model_dir, tokenizer_dir=tokenizer_dir,
-                             train_parquet=inputs.train_parquet,
-                             validation_parquet=inputs.validation_parquet, work=work, profile=profile)
-    plan = inputs.config.get(search.SEARCH_KEY)
+    plan = inputs.config.get(SEARCH_KEY)
     outcome, trained_idx, extra = None, range(len(encoded_train)), {}
     clock.enter("search" if plan else "train", step=0, maxSteps=max_steps)
     if plan:
@@ -132,6 +130,10 @@ def run(args: argparse.Namespace, work: Path):  # type: ignore[no-untyped-def]
         result, cfg, trained_idx = outcome.result, outcome.config, outcome.fit_indices
         extra = {"search/selection.jsonl": outcome.selection_jsonl}
     else:
+        cfg = train.local_config(inputs.config, model_dir=model_dir, tokenizer_dir=tokenizer_dir,
+                                 train_parquet=inputs.train_parquet,
+                                 validation_parquet=inputs.validation_parquet, work=work,
+                                 profile=profile)
         result = train.run_axolotl(cfg, work, earliest_stop_step=int(budget.get("earliestStopStep") or 0))
     step = int(result.state.get("global_step") or 0)
     clock.enter("evaluate-tuned", step=step, maxSteps=max_steps)

@@ -20,13 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune_operator.contract import SearchCandidate, SearchReport
+from finetune_operator.contract import BUDGET_KEY, SEARCH_KEY, SearchCandidate, SearchReport
 
 from . import evaluate, train
 from .errors import bad_input
 from .fetch import log, write_parquet
-
-SEARCH_KEY = "finetune_search"
 
 
 def prompt_key(record: dict[str, Any], shape: str) -> str:
@@ -92,7 +90,7 @@ def run_search(plan: dict[str, Any], config: dict[str, Any], *, records: list[di
     selection_parquet = write_parquet(selection, shape, work / "search" / "selection.parquet")
     selection_jsonl = jsonl(selection)
 
-    earliest = int((config.get(train.BUDGET_KEY) or {}).get("earliestStopStep") or 0)
+    earliest = int((config.get(BUDGET_KEY) or {}).get("earliestStopStep") or 0)
     scored: list[SearchCandidate] = []
     runs: list[tuple[train.TrainResult, dict[str, Any]]] = []
     for i, cand in enumerate(candidates_plan):

@@ -18,8 +18,9 @@ from typing import Any
 from axolotl.integrations.base import BasePlugin
 from transformers import EarlyStoppingCallback, TrainerCallback
 
+from .train import EARLIEST_STOP_ENV  # the budget's floor: no stop of ours before it
+
 MIN_DELTA_ENV = "FINETUNE_EARLY_STOPPING_MIN_DELTA"
-EARLIEST_STOP_ENV = "FINETUNE_EARLIEST_STOP_STEP"  # the budget's floor: no stop of ours before it
 DEFAULT_MIN_DELTA = 0.005
 PLUGIN = "finetune_trainer.stopping.MinDeltaStoppingPlugin"
 

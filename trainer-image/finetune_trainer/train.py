@@ -22,10 +22,11 @@ from typing import Any
 
 import yaml
 
+from finetune_operator.contract import CONFIG_KEY_PREFIX
+
 from .errors import TrainerError, bad_input
 
-BUDGET_KEY = "finetune_budget"
-OUR_KEYS_PREFIX = "finetune_"  # finetune_budget, finetune_search: ours, never Axolotl's
+EARLIEST_STOP_ENV = "FINETUNE_EARLIEST_STOP_STEP"  # read by stopping.py inside Axolotl
 CPU_SAFE = {"bf16": False, "fp16": False, "tf32": False, "attn_implementation": "sdpa",
             "sdpa_varlen": False, "lora_mlp_kernel": False, "lora_qkv_kernel": False,
             "lora_o_kernel": False, "lora_embedding_kernel": False, "load_in_4bit": False,
@@ -48,18 +49,15 @@ class StageClock:
 
     def enter(self, stage: str, **fields: Any) -> None:
         """Close the running stage, start `stage` and report it as progress."""
-        now = time.monotonic()
-        if self._stage is not None:
-            self.totals[self._stage] = round(self.totals.get(self._stage, 0.0) + now - self._since, 2)
-        self._stage, self._since = stage, now
+        self.totals = self.seconds()
+        self._stage, self._since = stage, time.monotonic()
         progress(stage, **fields)
 
     def seconds(self) -> dict[str, float]:
         """Totals so far, the running stage included up to now."""
-        now = time.monotonic()
         out = dict(self.totals)
         if self._stage is not None:
-            out[self._stage] = round(out.get(self._stage, 0.0) + now - self._since, 2)
+            out[self._stage] = round(out.get(self._stage, 0.0) + time.monotonic() - self._since, 2)
         return out
 
 
@@ -67,7 +65,7 @@ def local_config(config: dict[str, Any], *, model_dir: Path, tokenizer_dir: Path
                  train_parquet: Path, validation_parquet: Path, work: Path,
                  profile: str) -> dict[str, Any]:
     """The rendered config pointed at local copies; the CPU profile forces CUDA-only keys off."""
-    cfg = {k: v for k, v in config.items() if not k.startswith(OUR_KEYS_PREFIX)}
+    cfg = {k: v for k, v in config.items() if not k.startswith(CONFIG_KEY_PREFIX)}
     cfg["base_model"] = str(model_dir)
     cfg.pop("revision_of_model", None)
     if tokenizer_dir != model_dir:
@@ -127,7 +125,7 @@ def run_axolotl(cfg: dict[str, Any], work: Path, *, earliest_stop_step: int = 0)
     with open(work / "axolotl.log", "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 cwd=work, env={**os.environ,
-                                               "FINETUNE_EARLIEST_STOP_STEP": str(earliest_stop_step)})
+                                               EARLIEST_STOP_ENV: str(earliest_stop_step)})
         try:
             _follow(proc, logf, tail, max_steps)
         finally:
