@@ -137,6 +137,7 @@ def test_search_chooses_on_a_train_slice_and_never_on_the_validation_split(
     assert len(chosen_prompts) == 24
     assert chosen_prompts <= _prompts(storage.read_text(layout.train))
     assert not chosen_prompts & _prompts(storage.read_text(layout.validation))
+    assert set(selection.decode().splitlines()) <= set(storage.read_text(layout.train).splitlines())
 
     # Only the winner met the validation split: its adapter is the shipped one and it beats base.
     assert metrics.eval_loss < metrics.base_eval_loss and not metrics.verdicts.no_gain

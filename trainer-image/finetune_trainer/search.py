@@ -52,7 +52,10 @@ def carve_selection(records: list[dict[str, Any]], size: int, seed: int,
 
 
 def jsonl(records: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    """The records in the prepared splits' line form (prepare/serialize.py), so each line of the
+    slice is byte-identical to its line in train.jsonl."""
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n"
+                   for r in records).encode("utf-8")
 
 
 def winner(candidates: list[SearchCandidate]) -> int:
