@@ -68,11 +68,11 @@ lock: ## Re-resolve constraints.txt (the pins the image and the tests share)
 
 .PHONY: demo
 demo: venv ## Three real tasks on SmolLM2-135M with a local S3 server, no cluster
-	$(PY) -m finetune_operator.demo
+	$(PY) -m finetune_dev.demo
 
 .PHONY: demo-quick
 demo-quick: venv ## The demo on a tiny offline model (under 3 minutes)
-	$(PY) -m finetune_operator.demo --quick
+	$(PY) -m finetune_dev.demo --quick
 
 .PHONY: bench-prepare
 bench-prepare: venv ## Data preparation: 1M records, ours vs a pandas baseline

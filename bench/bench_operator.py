@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
 from harness import ApiServer, Cluster, OperatorProcess  # noqa: E402
 
-from finetune_operator.devs3 import start_s3  # noqa: E402
-from finetune_operator.storage import Credentials, Storage  # noqa: E402
+from finetune_dev.devs3 import start_s3  # noqa: E402
+from finetune_contract.storage import Credentials, Storage  # noqa: E402
 
 NAMESPACE = "bench"
 DATASETS = 10

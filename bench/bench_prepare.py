@@ -50,10 +50,10 @@ def generate(folder: Path, records: int, files: int = 4, seed: int = 7) -> None:
 
 
 def run_ours(data: str, out: str) -> dict:
-    from finetune_operator.contract import RunLayout
+    from finetune_contract import RunLayout
     from finetune_operator.prepare import prepare_run
     from finetune_operator.spec import FineTuneTaskSpec
-    from finetune_operator.storage import Storage
+    from finetune_contract.storage import Storage
 
     spec = FineTuneTaskSpec.model_validate(
         {"baseModel": {"name": "x"}, "dataset": {"uri": data + "/", "maxBytes": 2 * 1024**3},

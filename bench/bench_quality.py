@@ -1,6 +1,6 @@
 """`make bench-quality`: do our training defaults reach the top on every task, untuned?
 
-Five synthetic tasks of different kinds (finetune_operator.demo_tasks.BENCH_TASKS: few-label
+Five synthetic tasks of different kinds (finetune_dev.demo_tasks.BENCH_TASKS: few-label
 classification with one-word answers, extraction to JSON, date normalisation, a short rewrite,
 yes/no questions), 150 records each (120 train / 30 validation), on the real
 SmolLM2-135M-Instruct taken from PyPI. Each task runs twice through the local runner (the same
@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from finetune_operator import demo_tasks
-from finetune_operator.local import EXIT_INTERRUPTED, TaskResult, run_tasks
-from finetune_operator.smollm import ensure_smollm2
-from finetune_operator.storage import Storage
+from finetune_dev.local import EXIT_INTERRUPTED, TaskResult, run_tasks
+from finetune_dev.smollm import ensure_smollm2
+from finetune_contract.storage import Storage
 
 TARGET_EM = 0.95
 HAND_CONFIG: dict[str, Any] = {

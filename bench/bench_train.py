@@ -28,10 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "operator"))
 sys.path.insert(0, str(REPO / "trainer-image"))
 
-from finetune_operator.contract import FileDigest, LengthStats, Manifest, RunLayout  # noqa: E402
+from finetune_contract import FileDigest, LengthStats, Manifest, RunLayout  # noqa: E402
 from finetune_operator.render import render_axolotl_config  # noqa: E402
 from finetune_operator.spec import parse_spec  # noqa: E402
-from finetune_operator.tinymodel import build_tiny_model, synthetic_task  # noqa: E402
+from finetune_dev.tinymodel import build_tiny_model, synthetic_task  # noqa: E402
 
 FILLER = {"varying": (1, 60), "uniform": (20, 22)}
 EVAL_KEYS = ("test_datasets", "eval_steps", "early_stopping_patience", "load_best_model_at_end",

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from finetune_operator.devs3 import S3Server, start_s3
-from finetune_operator.storage import Credentials, Storage
+from finetune_dev.devs3 import S3Server, start_s3
+from finetune_contract.storage import Credentials, Storage
 
 _bucket_ids = itertools.count()
 

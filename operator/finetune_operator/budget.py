@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
-from .contract import Manifest
+from finetune_contract import Manifest
 
 CHARS_PER_TOKEN = 4.0
 TEMPLATE_TOKENS = 16          # role markers, newlines and end-of-turn tokens of a short chat

@@ -1,4 +1,5 @@
-"""The `finetune` command: prepare, render, run --local, operator, crd.
+"""The `finetune` command: prepare, render, operator, crd (plus `run --local` where the dev
+package is installed).
 
 Every expected failure (bad YAML, bad spec, bad data, storage errors) prints one line to stderr
 and exits 2; no traceback reaches the user. Heavy modules are imported per subcommand.
@@ -10,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-from .contract import RunLayout, one_line
+from finetune_contract import RunLayout, one_line
 
 EXIT_BAD_INPUT = 2
 
@@ -19,13 +20,16 @@ class UserError(Exception):
     """Any error whose message is the whole story (exit 2)."""
 
 
+CLI_PLUGIN_GROUP = "finetune.cli"
+
+
 def _layout(task: Any, output: str | None) -> RunLayout:
     root = output or task.spec.output.uri
     return RunLayout(root=root, namespace=task.namespace, task=task.name, run_id=task.spec.run_id())
 
 
 def _storage(task: Any) -> Any:
-    from .storage import Credentials, Storage
+    from finetune_contract.storage import Credentials, Storage
 
     return Storage(endpoint=task.spec.storage.endpoint, credentials=Credentials.from_env(),
                    region=task.spec.storage.region)
@@ -60,14 +64,6 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    if not args.local:
-        raise UserError("only --local runs are supported from the CLI; on a cluster, kubectl apply")
-    from .local import run_local
-
-    return run_local(args.tasks, output=args.output, profile=args.profile, force=args.force)
-
-
 def cmd_operator(args: argparse.Namespace) -> int:
     from .handlers import run_operator
 
@@ -97,26 +93,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explain", action="store_true", help="Say why each value was chosen")
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("run", help="Run tasks end to end")
-    p.add_argument("tasks", nargs="+")
-    p.add_argument("--local", action="store_true", help="Train in a local process, no cluster")
-    p.add_argument("--output")
-    p.add_argument("--profile", choices=["gpu", "cpu"], default=None,
-                   help="Default: gpu when CUDA is available, else cpu")
-    p.add_argument("--force", action="store_true", help="Retrain even if the run is complete")
-    p.set_defaults(func=cmd_run)
-
     p = sub.add_parser("operator", help="Run the Kopf operator (settings from FINETUNE_* env)")
     p.set_defaults(func=cmd_operator)
 
     p = sub.add_parser("crd", help="Print the CustomResourceDefinition")
     p.set_defaults(func=cmd_crd)
+    _add_plugin_commands(sub)
     return parser
+
+
+def _add_plugin_commands(sub: Any) -> None:
+    """Subcommands of packages installed beside this one (entry point group `finetune.cli`):
+    the dev package adds `run --local` and `demo` this way, so the operator never imports dev
+    code and an image without the dev package simply has no such subcommands."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=CLI_PLUGIN_GROUP):
+        try:
+            register = entry.load()
+        except ImportError:  # declared by the distribution, but that package is not installed
+            continue
+        register(sub)
 
 
 def _is_user_error(err: BaseException) -> bool:
     from .spec import SpecError
-    from .storage import StorageError
+    from finetune_contract.storage import StorageError
 
     known: tuple[type[BaseException], ...] = (UserError, SpecError, StorageError)
     try:

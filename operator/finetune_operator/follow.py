@@ -11,10 +11,10 @@ from typing import Any
 import kopf
 
 from . import metrics
-from .contract import Metrics, RunLayout, TerminationMessage, one_line
+from finetune_contract import Metrics, RunLayout, TerminationMessage, one_line
 from .spec import AdapterStatus, FineTuneTaskSpec, SpecError, parse_spec
 from .status import evaluation, metrics_status
-from .storage import StorageError
+from finetune_contract.storage import StorageError
 from .taskstate import (METRICS_MAX_BYTES, RETRY_SOON, Context, Stop, Task, Writer, api,
                         storage_for)
 

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from . import GROUP, PLURAL, VERSION
-from .contract import one_line
+from finetune_contract import one_line
 
 MERGE = "application/merge-patch+json"
 _EVENT_SEQ = itertools.count()

@@ -21,12 +21,12 @@ import time
 import kopf
 
 from . import metrics
-from .contract import Manifest, RunLayout
+from finetune_contract import Manifest, RunLayout
 from .follow import follow, follow_run
 from .resources import build_configmap, build_job, child_name, profile_for
 from .spec import FineTuneTaskSpec, JobStatus, SpecError, parse_spec
 from .status import FINAL_PHASES, data_status, is_true, new_run, now_iso, with_phase
-from .storage import Storage, StorageError
+from finetune_contract.storage import Storage, StorageError
 from .taskstate import RETRY_SOON, Context, Stop, Task, Writer, api, retry_later, storage_for
 
 __all__ = ["Context", "Task", "apply_now", "follow", "reconcile", "suspend_changed"]

@@ -12,7 +12,7 @@ import math
 from typing import Any, Literal
 
 from .budget import derive_budget
-from .contract import BUDGET_KEY, SEARCH_KEY, Manifest, RunLayout
+from finetune_contract import BUDGET_KEY, SEARCH_KEY, Manifest, RunLayout
 from .spec import FineTuneTaskSpec
 
 Profile = Literal["gpu", "cpu"]

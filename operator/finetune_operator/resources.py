@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from . import API_VERSION, KIND
-from .contract import RunLayout
+from finetune_contract import RunLayout
 from .settings import OperatorSettings
 from .spec import FineTuneTaskSpec
 

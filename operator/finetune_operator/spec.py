@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic.alias_generators import to_camel
 
 from . import API_VERSION, KIND
-from .contract import DropCounts  # status.data.dropped is the manifest's counts as they are
+from finetune_contract import DropCounts  # status.data.dropped is the manifest's counts as they are
 
 DatasetFormat = Literal["auto", "alpaca", "chat", "input_output", "completion"]
 Phase = Literal["Pending", "Preparing", "Training", "Succeeded", "Failed", "Skipped", "Suspended"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 from typing import Any, Literal
 
-from .contract import Manifest, Metrics, RunLayout, one_line
+from finetune_contract import Manifest, Metrics, RunLayout, one_line
 from .spec import (Condition, ConditionType, DataStatus, FineTuneTaskStatus,
                    MetricsStatus, Phase)
 

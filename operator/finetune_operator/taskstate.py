@@ -15,13 +15,13 @@ from typing import Any
 import kopf
 
 from . import API_VERSION, KIND, metrics
-from .contract import one_line
+from finetune_contract import one_line
 from .kube import ApiError, Kube
 from .resources import TaskRef, s3_endpoint
 from .settings import OperatorSettings
 from .spec import FineTuneTaskSpec, FineTuneTaskStatus
 from .status import load, now_iso, run_started_at, set_condition, status_patch, with_phase
-from .storage import Credentials, Storage, StorageError
+from finetune_contract.storage import Credentials, Storage, StorageError
 
 METRICS_MAX_BYTES = 8 * 1024 * 1024
 RETRY_SOON = 15.0     # seconds: S3 or API outage

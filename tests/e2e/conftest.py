@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from kubevalidate import validate_objects
 
-from finetune_operator.devs3 import S3Server, start_s3
-from finetune_operator.storage import Credentials, Storage
+from finetune_dev.devs3 import S3Server, start_s3
+from finetune_contract.storage import Credentials, Storage
 
 from .harness import ApiServer, Cluster, OperatorProcess
 

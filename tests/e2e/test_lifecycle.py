@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from finetune_operator.contract import (ExactMatch, Metrics, RunLayout, TerminationMessage,
+from finetune_contract import (ExactMatch, Metrics, RunLayout, TerminationMessage,
                                         Verdicts)
-from finetune_operator.devs3 import S3Server
-from finetune_operator.storage import Storage
+from finetune_dev.devs3 import S3Server
+from finetune_contract.storage import Storage
 
 from .conftest import alpaca_records
 from .harness import Cluster, OperatorProcess, wait_for

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_operator.devs3 import S3Server
-from finetune_operator.storage import Storage
+from finetune_dev.devs3 import S3Server
+from finetune_contract.storage import Storage
 
 from .harness import ROOT, Cluster, OperatorProcess, free_port, wait_for
 

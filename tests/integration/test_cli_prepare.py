@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finetune_operator.contract import Manifest
-from finetune_operator.devs3 import S3Server
-from finetune_operator.storage import Storage
+from finetune_contract import Manifest
+from finetune_dev.devs3 import S3Server
+from finetune_contract.storage import Storage
 
 pytestmark = pytest.mark.s3
 

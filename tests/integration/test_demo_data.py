@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from finetune_operator import cli, demo_tasks
-from finetune_operator.devs3 import S3Server
-from finetune_operator.storage import Storage
+from finetune_dev.devs3 import S3Server
+from finetune_contract.storage import Storage
 
 ALL_TASKS = sorted(set(demo_tasks.DEMO_TASKS) | set(demo_tasks.BENCH_TASKS))
 

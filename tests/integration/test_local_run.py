@@ -19,17 +19,17 @@ import pytest
 import yaml
 
 from finetune_operator import cli, demo_tasks
-from finetune_operator.contract import Manifest, Metrics, RunLayout
-from finetune_operator.devs3 import S3Server
-from finetune_operator.local_status import cells, row_for
-from finetune_operator.storage import Storage
+from finetune_contract import Manifest, Metrics, RunLayout
+from finetune_dev.devs3 import S3Server
+from finetune_dev.local_status import cells, row_for
+from finetune_contract.storage import Storage
 from finetune_operator.taskfile import load_tasks
 
 
 @pytest.fixture(scope="module")
 def tiny_model() -> str:
-    from finetune_operator.smollm import cache_dir
-    from finetune_operator.tinymodel import build_tiny_model
+    from finetune_dev.smollm import cache_dir
+    from finetune_dev.tinymodel import build_tiny_model
 
     return str(build_tiny_model(cache_dir()))
 

@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from finetune_operator.contract import Manifest, RunLayout
-from finetune_operator.devs3 import S3Server
+from finetune_contract import Manifest, RunLayout
+from finetune_dev.devs3 import S3Server
 from finetune_operator.prepare import PrepareError, prepare_run
 from finetune_operator.spec import FineTuneTaskSpec
-from finetune_operator.storage import Credentials, Storage
+from finetune_contract.storage import Credentials, Storage
 
 pytestmark = pytest.mark.s3
 

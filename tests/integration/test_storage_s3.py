@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from finetune_operator.devs3 import S3Server
-from finetune_operator.storage import Credentials, Storage, StorageError
+from finetune_dev.devs3 import S3Server
+from finetune_contract.storage import Credentials, Storage, StorageError
 
 
 def test_lists_a_prefix_and_reads_objects(storage: Storage, bucket: str) -> None:

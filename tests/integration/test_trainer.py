@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_operator.contract import Manifest, Metrics, RunLayout, TerminationMessage
+from finetune_contract import Manifest, Metrics, RunLayout, TerminationMessage
 from finetune_operator.prepare import prepare_run
 from finetune_operator.render import render_axolotl_config
 from finetune_operator.spec import parse_spec
-from finetune_operator.storage import Storage
-from finetune_operator.tinymodel import build_tiny_model, synthetic_task
+from finetune_contract.storage import Storage
+from finetune_dev.tinymodel import build_tiny_model, synthetic_task
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from finetune_operator.contract import (
+from finetune_contract import (
     TERMINATION_LOG_LIMIT,
     Metrics,
     RunLayout,

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from finetune_operator.budget import MIN_STOP_FRACTION, derive_budget, model_size_billions
-from finetune_operator.contract import FileDigest, LengthStats, Manifest, RunLayout
+from finetune_contract import FileDigest, LengthStats, Manifest, RunLayout
 from finetune_operator.render import BUDGET_KEY, explain_axolotl_config, render_axolotl_config
 from finetune_operator.spec import parse_spec
 

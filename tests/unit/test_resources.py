@@ -12,7 +12,7 @@ import pytest
 from kubevalidate import validate_objects
 import yaml
 
-from finetune_operator.contract import RunLayout
+from finetune_contract import RunLayout
 from finetune_operator.resources import (LABEL_KUEUE_QUEUE, MAX_NAME, TaskRef, build_configmap,
                                          build_job, child_name)
 from finetune_operator.settings import OperatorSettings

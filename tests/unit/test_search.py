@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from finetune_operator.contract import SearchCandidate
+from finetune_contract import SearchCandidate
 from finetune_operator.render import SEARCH_KEY, explain_axolotl_config
 from finetune_operator.spec import SpecError
 from finetune_trainer.search import carve_selection, prompt_key, winner
@@ -106,7 +106,7 @@ def test_the_lowest_selection_loss_wins_and_nan_never_does(losses: list[float], 
 def test_a_search_report_must_name_one_of_its_candidates() -> None:
     from pydantic import ValidationError
 
-    from finetune_operator.contract import SearchReport
+    from finetune_contract import SearchReport
 
     with pytest.raises(ValidationError, match="not one of 1 candidates"):
         SearchReport(fit_samples=1, selection_samples=1, selection_sha256="0", chosen=1,

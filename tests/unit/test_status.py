@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from finetune_operator.contract import Metrics, Verdicts
+from finetune_contract import Metrics, Verdicts
 from finetune_operator.spec import MetricsStatus
 from finetune_operator.status import (CONDITION_ORDER, condition, evaluation, load, new_run,
                                       set_condition, status_patch, with_phase)
@@ -92,7 +92,7 @@ def test_ready_follows_the_phase_until_the_run_ends() -> None:
 
 
 def test_a_search_winner_reaches_the_status_and_the_message() -> None:
-    from finetune_operator.contract import SearchCandidate, SearchReport
+    from finetune_contract import SearchCandidate, SearchReport
     from finetune_operator.status import metrics_status
 
     m = _metrics(2.0, 1.0).model_copy(update={"search": SearchReport(

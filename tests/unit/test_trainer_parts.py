@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from finetune_operator.contract import EvalPoint
+from finetune_contract import EvalPoint
 from finetune_trainer.errors import TrainerError
 from finetune_trainer.fetch import parse_records, write_parquet
 from finetune_trainer.report import verdicts

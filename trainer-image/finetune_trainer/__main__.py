@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(QUIET_ENV)
     # SIGTERM (pod deletion, local runner) unwinds like Ctrl-C so the Axolotl child is reaped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    from finetune_operator.contract import TerminationMessage, one_line
-    from finetune_operator.storage import StorageError, join
+    from finetune_contract import TerminationMessage, one_line
+    from finetune_contract.storage import StorageError, join
 
     from .errors import EXIT_RETRYABLE, TrainerError
 
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, work: Path):  # type: ignore[no-untyped-def]
-    from finetune_operator.contract import BUDGET_KEY, SEARCH_KEY
-    from finetune_operator.storage import Storage, join
+    from finetune_contract import BUDGET_KEY, SEARCH_KEY
+    from finetune_contract.storage import Storage, join
 
     from . import evaluate, fetch, report, search, train
 

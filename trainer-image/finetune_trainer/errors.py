@@ -3,7 +3,7 @@ is at fault (exit 2: the Job's podFailurePolicy fails it without retry) or not (
 
 from __future__ import annotations
 
-from finetune_operator.contract import one_line
+from finetune_contract import one_line
 
 EXIT_OK, EXIT_RETRYABLE, EXIT_BAD_INPUT = 0, 1, 2
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from finetune_operator.contract import Manifest
-from finetune_operator.storage import Storage, StorageError, is_s3, join
+from finetune_contract import Manifest
+from finetune_contract.storage import Storage, StorageError, is_s3, join
 
 from .errors import TrainerError, bad_input
 

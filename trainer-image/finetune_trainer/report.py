@@ -13,8 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from finetune_operator.contract import EvalPoint, ExactMatch, Metrics, TrainPoint, Verdicts
-from finetune_operator.storage import Storage, join
+from finetune_contract import EvalPoint, ExactMatch, Metrics, TrainPoint, Verdicts
+from finetune_contract.storage import Storage, join
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json",
                  "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")

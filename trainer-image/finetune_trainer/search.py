@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune_operator.contract import BUDGET_KEY, SEARCH_KEY, SearchCandidate, SearchReport
+from finetune_contract import BUDGET_KEY, SEARCH_KEY, SearchCandidate, SearchReport
 
 from . import evaluate, train
 from .errors import bad_input

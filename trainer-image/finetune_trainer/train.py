@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from finetune_operator.contract import CONFIG_KEY_PREFIX
+from finetune_contract import CONFIG_KEY_PREFIX
 
 from .errors import TrainerError, bad_input
 

@@ -7,7 +7,7 @@ status writer only need the reason, the one-line message and whether a retry may
 
 from __future__ import annotations
 
-from ..contract import one_line
+from finetune_contract import one_line
 
 REASONS = ("NoData", "TooLarge", "MixedFormats", "BadFormat", "Malformed", "TooFewSamples",
            "TooFewValidation", "Storage")

@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
-from ..contract import DropCounts, FileDigest, LengthStats, Manifest, RunLayout, SourceObject
+from finetune_contract import DropCounts, FileDigest, LengthStats, Manifest, RunLayout, SourceObject
 from ..spec import FineTuneTaskSpec
-from ..storage import Storage, StorageError
+from finetune_contract.storage import Storage, StorageError
 from . import readers, serialize
 from .clean import Cleaner, DropLog
 from .errors import PrepareError

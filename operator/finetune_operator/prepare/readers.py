@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from ..storage import ObjectInfo, Storage
+from finetune_contract.storage import ObjectInfo, Storage
 from .errors import PrepareError
 
 DATA_EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")

@@ -28,12 +28,12 @@ from typing import Any, TextIO
 
 import yaml
 
-from .contract import Manifest, Metrics, RunLayout, one_line
+from finetune_contract import Manifest, Metrics, RunLayout, one_line
 from .local_status import Row, StatusBuilder, format_table, row_for
 from .local_trainer import Progress, default_profile, run_trainer, tail, trainer_env
-from .spec import FineTuneTaskStatus, SpecError
-from .status import now_iso
-from .storage import Credentials, Storage, StorageError, is_s3, parse_s3
+from finetune_operator.spec import FineTuneTaskStatus, SpecError
+from finetune_operator.status import now_iso
+from finetune_contract.storage import Credentials, Storage, StorageError, is_s3, parse_s3
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 METRICS_MAX_BYTES = 8 * 1024 * 1024
@@ -98,8 +98,8 @@ def _storage(spec: Any) -> Storage:
 def run_task(task: Any, *, output: str | None, profile: str | None, force: bool,
              say: Callable[[str], None]) -> TaskResult:
     """Prepare, render, train and report one task; never raises for expected failures."""
-    from .prepare import PrepareError, prepare_run
-    from .render import render_axolotl_config
+    from finetune_operator.prepare import PrepareError, prepare_run
+    from finetune_operator.render import render_axolotl_config
 
     spec = task.spec
     run_id = spec.run_id()
@@ -209,7 +209,7 @@ def interrupt_on_sigterm() -> Iterator[None]:
 
 
 def load_all(task_paths: list[str]) -> list[Any]:
-    from .taskfile import load_tasks
+    from finetune_operator.taskfile import load_tasks
 
     tasks = [t for p in task_paths for t in load_tasks(p)]
     seen: set[tuple[str, str]] = set()

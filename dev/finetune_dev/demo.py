@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import demo_tasks
-from .contract import one_line
+from finetune_contract import one_line
 
 DEMO_DIR = Path(".demo")
 DATA_URI = "s3://demo-data"
@@ -79,8 +79,8 @@ def _with_server(server: Any, root: Path, model: str, *, quick: bool, records: i
                  started: float) -> int:
     from .demo_report import write_report
     from .local import EXIT_INTERRUPTED, BadInput, run_tasks
-    from .spec import SpecError
-    from .storage import Credentials, Storage, StorageError
+    from finetune_operator.spec import SpecError
+    from finetune_contract.storage import Credentials, Storage, StorageError
 
     saved = {k: os.environ.get(k) for k in server.env()}
     os.environ.update(server.env())

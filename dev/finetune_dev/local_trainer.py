@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from .contract import RunLayout, TerminationMessage
+from finetune_contract import RunLayout, TerminationMessage
 
 PROGRESS_PREFIX = "FINETUNE_PROGRESS "
 QUIET_ENV = {"WANDB_MODE": "disabled", "AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1",

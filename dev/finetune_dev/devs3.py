@@ -106,7 +106,7 @@ def _wait_ready(server: S3Server, timeout: float) -> None:
 
 
 def main() -> None:
-    """`python -m finetune_operator.devs3 DIR`: run a server in the foreground (for the demo)."""
+    """`python -m finetune_dev.devs3 DIR`: run a server in the foreground (for the demo)."""
     server = start_s3(sys.argv[1] if len(sys.argv) > 1 else ".demo/s3")
     print(f"S3 endpoint {server.endpoint} (key {server.access_key})", flush=True)
     try:

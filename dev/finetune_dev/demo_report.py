@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .contract import Metrics
+from finetune_contract import Metrics
 from .local_status import markdown_table
 
 

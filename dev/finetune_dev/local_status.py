@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .contract import Manifest, Metrics, RunLayout, one_line
-from .resources import child_name
-from .spec import AdapterStatus, FineTuneTaskStatus, JobStatus
-from .status import (data_status, evaluation, metrics_status, new_run, now_iso, set_condition,
+from finetune_contract import Manifest, Metrics, RunLayout, one_line
+from finetune_operator.resources import child_name
+from finetune_operator.spec import AdapterStatus, FineTuneTaskStatus, JobStatus
+from finetune_operator.status import (data_status, evaluation, metrics_status, new_run, now_iso, set_condition,
                      with_phase)
 
 

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from pydantic import BaseModel, SecretStr
 
-from .contract import one_line
+from .run import one_line
 
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 

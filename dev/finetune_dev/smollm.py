@@ -141,7 +141,7 @@ def ensure_smollm2(root: Path | None = None, *, quiet: bool = False) -> Path:
 
 
 def main() -> int:
-    """`python -m finetune_operator.smollm [DIR]`: print the converted folder's path."""
+    """`python -m finetune_dev.smollm [DIR]`: print the converted folder's path."""
     try:
         print(ensure_smollm2(Path(sys.argv[1]) if len(sys.argv) > 1 else None))
     except ModelFetchError as err:

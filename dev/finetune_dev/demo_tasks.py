@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
-from . import API_VERSION, KIND
-from .storage import Storage, join
+from finetune_operator import API_VERSION, KIND
+from finetune_contract.storage import Storage, join
 
 DEFAULT_RECORDS = 150
 VALIDATION_FRACTION = 0.2  # 150 records -> 120 train / 30 validation, the size DESIGN.md measured
