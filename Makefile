@@ -34,8 +34,26 @@ $(TOOLS)/promtool:
 .PHONY: tools
 tools: $(TOOLS)/helm $(TOOLS)/promtool ## Install helm and promtool (test servers come from the venv)
 
+# The test control plane, built from Go modules (hack/controlplane): Go's module and build caches
+# make a rebuild cost seconds; the binaries are rebuilt only when the module changes.
+CLUSTER := .cluster
+CONTROLPLANE_BIN := $(CLUSTER)/bin/kube-apiserver $(CLUSTER)/bin/kube-controller-manager $(CLUSTER)/bin/etcd
+$(CONTROLPLANE_BIN) &: hack/controlplane/go.mod hack/controlplane/go.sum hack/controlplane/etcd/main.go hack/controlplane/build.sh
+	hack/controlplane/build.sh $(CURDIR)/$(CLUSTER)/bin
+
+.PHONY: controlplane
+controlplane: $(CONTROLPLANE_BIN) ## Build kube-apiserver, kube-controller-manager and etcd from Go modules
+
+.PHONY: cluster-up
+cluster-up: venv controlplane ## Start the control plane in the background; admin kubeconfig in .cluster/kubeconfig
+	$(PY) -m finetune_dev.cluster up --dir $(CLUSTER)
+
+.PHONY: cluster-down
+cluster-down: ## Stop the control plane and remove its state
+	test ! -x $(PY) || $(PY) -m finetune_dev.cluster down --dir $(CLUSTER)
+
 .PHONY: test
-test: venv tools ## Run every tier (unit, integration, e2e, slow training): what CI runs
+test: venv tools controlplane ## Run every tier (unit, integration, e2e, slow training): what CI runs
 	$(PYTEST) -q tests
 
 .PHONY: test-unit
@@ -47,11 +65,11 @@ test-integration: venv tools ## Real S3, real helm/promtool, real tiny training
 	$(PYTEST) -q tests/integration
 
 .PHONY: test-e2e
-test-e2e: venv ## Operator end to end: real Kopf over HTTP against kmock, real S3
+test-e2e: venv tools controlplane ## Operator end to end: real Kopf against a real control plane, real S3
 	$(PYTEST) -q tests/e2e
 
 .PHONY: test-quick
-test-quick: venv tools ## Everything except the tests marked slow
+test-quick: venv tools controlplane ## Everything except the tests marked slow
 	$(PYTEST) -q -m "not slow" tests
 
 .PHONY: crds
@@ -96,4 +114,4 @@ bench-quality-smoke: venv ## One bench-quality task with our defaults; fails if 
 
 .PHONY: clean
 clean: ## Remove build and test outputs (keeps .venv)
-	rm -rf .pytest_cache .hypothesis out .demo build *.egg-info
+	rm -rf .pytest_cache .hypothesis out .demo build *.egg-info $(CLUSTER)/state
