@@ -68,6 +68,10 @@ test-integration: venv tools ## Real S3, real helm/promtool, real tiny training
 test-e2e: venv tools controlplane ## Operator end to end: real Kopf against a real control plane, real S3
 	$(PYTEST) -q tests/e2e
 
+.PHONY: golden
+golden: venv ## Rewrite the golden files of tests/unit/golden/ from the builders (review the diff)
+	UPDATE_GOLDEN=1 $(PYTEST) -q tests/unit/test_render.py tests/unit/test_resources.py -k golden
+
 .PHONY: test-quick
 test-quick: venv tools controlplane ## Everything except the tests marked slow
 	$(PYTEST) -q -m "not slow" tests

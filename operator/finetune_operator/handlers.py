@@ -1,10 +1,10 @@
 """Kopf registration only: each handler is one call into reconcile.py.
 
 Every handler is a sync `def`: Kopf runs those in worker threads, so boto3, data preparation
-and the sync kubernetes client never block the event loop. Deletion has no handler: the
+and the sync kubernetes client never block the event loop. Deletion needs no finalizer: the
 ConfigMap and the Job carry owner references and the garbage collector removes them; artifacts
-in S3 stay. (Kopf keeps its own finalizer on a task while its timer follows the task's Job, and
-lifts it when the task is deleted.)
+in S3 stay; the task's metric series go when its DELETED watch event arrives. (Kopf keeps its own
+finalizer on a task while its timer follows the task's Job, and lifts it when the task is deleted.)
 """
 
 from __future__ import annotations
@@ -94,6 +94,12 @@ def suspend(body: Any, **_: Any) -> None:
 @_counted
 def follow_job(body: Any, **_: Any) -> None:
     follow(Task.from_body(body), _ctx())
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, when=lambda type, **_: type == "DELETED")
+def task_deleted(name: str, namespace: str, **_: Any) -> None:
+    """The task is gone: drop its series so that its alerts resolve (no API call, no finalizer)."""
+    metrics.forget_task(namespace, name)
 
 
 def _finished(body: Any, **_: Any) -> bool:

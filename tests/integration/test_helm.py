@@ -25,13 +25,13 @@ NAMESPACED_RULES = {
     ("finetune.v-sekai.org", "finetunetasks"): {"get", "list", "watch", "patch"},
     ("finetune.v-sekai.org", "finetunetasks/status"): {"patch"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "delete", "patch"},
-    ("", "configmaps"): {"get", "create", "delete"},
+    ("", "configmaps"): {"create", "delete"},
     ("", "secrets"): {"get"},
     ("", "pods"): {"list"},
     ("", "events"): {"create"},
 }
 CLUSTER_RULES = {
-    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
 }
 
 

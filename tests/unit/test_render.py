@@ -236,8 +236,11 @@ def test_render_is_deterministic() -> None:
 
 
 def test_golden_cpu_config() -> None:
+    """A missing golden file fails; `make golden` (UPDATE_GOLDEN=1) rewrites it: review the diff."""
     text = yaml.safe_dump(render(), sort_keys=False)
-    if os.environ.get("UPDATE_GOLDEN"):
+    if os.environ.get("UPDATE_GOLDEN") == "1":
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)
         GOLDEN.write_text(text)
-    assert text == GOLDEN.read_text(), "rendered config changed: review, then UPDATE_GOLDEN=1"
+    if not GOLDEN.exists():
+        pytest.fail(f"golden file {GOLDEN} is missing: run `make golden` and review it")
+    assert text == GOLDEN.read_text(), "rendered config changed: review, then `make golden`"

@@ -3,8 +3,10 @@ real `kubernetes-validate --strict` (Kubernetes' own OpenAPI schemas) on what th
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +15,21 @@ from kubevalidate import validate_objects
 import yaml
 
 from finetune_contract import RunLayout
+from finetune_operator.render import render_axolotl_config
 from finetune_operator.resources import (LABEL_KUEUE_QUEUE, MAX_NAME, TaskRef, build_configmap,
                                          build_job, child_name)
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.spec import parse_spec
+from tests.unit.test_render import manifest
 
 GOLDEN = Path(__file__).parent / "golden"
 TASK = TaskRef("ticket-triage", "ml", "11111111-2222-3333-4444-555555555555")
-SECRET_VALUE = "never-in-a-manifest"
+# What the operator process itself may hold (its env, or a Secret it read for data preparation);
+# none of it may be copied into a Job or ConfigMap.
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "AKIANEVERINAMANIFEST",
+               "AWS_SECRET_ACCESS_KEY": "secret-never-in-a-manifest",
+               "AWS_SESSION_TOKEN": "token-never-in-a-manifest"}
+CREDENTIAL_NAME = re.compile(r"^AWS_.*(KEY|SECRET|TOKEN)")
 
 
 def _spec(**over: Any) -> Any:
@@ -134,7 +143,8 @@ def test_configmap_holds_the_config_only() -> None:
 
 
 def test_golden_job() -> None:
-    """The full Job for a spec using every knob; UPDATE_GOLDEN=1 rewrites the file."""
+    """The full Job for a spec using every knob. A missing golden file fails; `make golden`
+    (UPDATE_GOLDEN=1) rewrites it: review the diff."""
     spec = _spec(resources={"gpu": 2, "nodeSelector": {"pool": "gpu"}, "queueName": "team-a",
                             "priorityClassName": "batch-low",
                             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
@@ -142,10 +152,12 @@ def test_golden_job() -> None:
     got = _job(spec, OperatorSettings(trainer_image="registry.example/trainer:1.2.3",
                                       service_account="trainer"))
     path = GOLDEN / "job_full.json"
-    if os.environ.get("UPDATE_GOLDEN") or not path.exists():
+    if os.environ.get("UPDATE_GOLDEN") == "1":
         path.parent.mkdir(exist_ok=True)
         path.write_text(json.dumps(got, indent=2, sort_keys=True) + "\n")
-    assert got == json.loads(path.read_text())
+    if not path.exists():
+        pytest.fail(f"golden file {path} is missing: run `make golden` and review it")
+    assert got == json.loads(path.read_text()), "built Job changed: review, then `make golden`"
 
 
 def test_manifests_pass_kubernetes_validate_strict(tmp_path: Path) -> None:
@@ -157,6 +169,25 @@ def test_manifests_pass_kubernetes_validate_strict(tmp_path: Path) -> None:
     kubernetes_validate(tmp_path, *jobs, cm)
 
 
-def test_no_secret_value_in_what_is_built() -> None:
-    text = json.dumps([_job(_spec()), build_configmap(TASK, "r1", {"a": 1})])
-    assert SECRET_VALUE not in text and "AWS_SECRET_ACCESS_KEY\": \"" not in text
+def test_credentials_reach_the_job_only_by_secret_reference(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    spec = _spec(storage={"credentialsSecret": "team-s3"})
+    job = _job(spec)
+    layout = RunLayout(root=spec.output.uri, namespace=TASK.namespace, task=TASK.name,
+                       run_id=spec.run_id())
+    cm = build_configmap(TASK, spec.run_id(),
+                         render_axolotl_config(spec, manifest(), layout, profile="gpu"))
+
+    pod = job["spec"]["template"]["spec"]
+    env = [e for c in pod.get("initContainers", []) + pod["containers"] for e in c.get("env", [])]
+    creds = [e for e in env if CREDENTIAL_NAME.match(e["name"])]
+    assert sorted(e["name"] for e in creds) == sorted(CREDENTIALS)  # each once, none renamed
+    for entry in creds:
+        assert "value" not in entry, f"plain value for {entry['name']}"
+        ref = entry["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == ("team-s3", entry["name"])
+    text = json.dumps([job, cm]) + cm["data"]["axolotl.yaml"]
+    for value in CREDENTIALS.values():
+        assert value not in text and base64.b64encode(value.encode()).decode() not in text

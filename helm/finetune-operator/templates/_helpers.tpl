@@ -75,8 +75,9 @@ tests/integration/test_helm.py pins this table.
   verbs: [get, list, watch, create, delete, patch]
 - apiGroups: [""]
   resources: [configmaps]
-  # create: the run's rendered Axolotl config; get: create-if-absent on retries; delete: superseded runs.
-  verbs: [get, create, delete]
+  # create: the run's rendered Axolotl config (a 409 on a retry counts as created; it is never
+  # read back); delete: superseded runs.
+  verbs: [create, delete]
 - apiGroups: [""]
   resources: [secrets]
   # get: the task's S3 credentials (spec.storage.credentialsSecret) for data preparation. No list/watch.
@@ -100,6 +101,7 @@ the e2e tests record no such call.
 {{- define "finetune-operator.clusterRules" -}}
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
-  # get/list/watch: Kopf discovers the FineTuneTask resource and notices CRD changes at runtime.
-  verbs: [get, list, watch]
+  # list/watch: Kopf notices CRD changes at runtime (it finds the FineTuneTask resource through
+  # API discovery, /apis, which needs no grant; it never reads one CRD by name).
+  verbs: [list, watch]
 {{- end }}
