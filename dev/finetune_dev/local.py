@@ -31,6 +31,7 @@ import yaml
 from finetune_contract import Manifest, Metrics, RunLayout, one_line
 from .local_status import Row, StatusBuilder, format_table, row_for
 from .local_trainer import Progress, default_profile, run_trainer, tail, trainer_env
+from finetune_operator import policy
 from finetune_operator.spec import FineTuneTaskStatus, SpecError
 from finetune_operator.status import now_iso
 from finetune_contract.storage import Credentials, Storage, StorageError, is_s3, parse_s3
@@ -96,8 +97,11 @@ def _storage(spec: Any) -> Storage:
 
 
 def run_task(task: Any, *, output: str | None, profile: str | None, force: bool,
-             say: Callable[[str], None]) -> TaskResult:
-    """Prepare, render, train and report one task; never raises for expected failures."""
+             say: Callable[[str], None], rules: policy.Policy | None = None) -> TaskResult:
+    """Prepare, render, train and report one task; never raises for expected failures.
+
+    `rules`: the admin's policy (default: from the FINETUNE_* env, as `finetune render` reads
+    it); a violation fails the task as the operator fails it, before anything is read."""
     from finetune_operator.prepare import PrepareError, prepare_run
     from finetune_operator.render import render_axolotl_config
 
@@ -106,7 +110,6 @@ def run_task(task: Any, *, output: str | None, profile: str | None, force: bool,
     layout = RunLayout(root=output or spec.output.uri, namespace=task.namespace, task=task.name,
                        run_id=run_id)
     sb = StatusBuilder(task.name, run_id)
-    storage = _storage(spec)
     start = time.monotonic()
 
     def result(**kw: Any) -> TaskResult:
@@ -114,6 +117,11 @@ def run_task(task: Any, *, output: str | None, profile: str | None, force: bool,
                           wall_s=time.monotonic() - start, **kw)
 
     say(f"{task.namespace}/{task.name}: run {run_id} at {layout.prefix}")
+    violation = policy.check_spec(spec, rules or policy.from_env(local=True))
+    if violation is not None:
+        sb.failed("DataReady", policy.REASON, violation.message)
+        return result(exit_code=EXIT_BAD_INPUT)
+    storage = _storage(spec)
     sb.preparing(spec.dataset.uri)
     try:
         manifest = prepare_run(spec, layout, storage)
@@ -232,10 +240,14 @@ def run_tasks(task_paths: list[str], *, output: str | None = None, profile: str 
     tasks = load_all(task_paths)
     if importlib.util.find_spec("finetune_trainer") is None:
         raise BadInput("the trainer is not installed here: pip install 'finetune-operator[trainer]'")
+    try:
+        rules = policy.from_env(local=True)
+    except policy.PolicyError as err:
+        raise BadInput(str(err)) from None
     say = say or (lambda msg: print(msg, file=sys.stderr, flush=True))
     results = []
     for task in tasks:
-        res = run_task(task, output=output, profile=profile, force=force, say=say)
+        res = run_task(task, output=output, profile=profile, force=force, say=say, rules=rules)
         results.append(res)
         print_status(res, out)
         if res.status.phase in ("Failed", "Skipped"):

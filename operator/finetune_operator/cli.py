@@ -35,11 +35,26 @@ def _storage(task: Any) -> Any:
                    region=task.spec.storage.region)
 
 
-def cmd_prepare(args: argparse.Namespace) -> int:
-    from .prepare import prepare_run
+def _load_allowed(path: str) -> list[Any]:
+    """The file's tasks, each checked against the admin's policy (FINETUNE_* env, as the
+    operator reads it; loopback endpoints allowed unless FINETUNE_ALLOW_LOOPBACK_ENDPOINTS says
+    otherwise) before anything is read or written."""
+    from . import policy
     from .taskfile import load_tasks
 
-    for task in load_tasks(args.task):
+    tasks = load_tasks(path)
+    rules = policy.from_env(local=True)
+    for task in tasks:
+        violation = policy.check_spec(task.spec, rules)
+        if violation is not None:
+            raise UserError(f"{task.source}: {violation.message}")
+    return tasks
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .prepare import prepare_run
+
+    for task in _load_allowed(args.task):
         manifest = prepare_run(task.spec, _layout(task, args.output), _storage(task))
         print(manifest.model_dump_json(by_alias=True, indent=2))
     return 0
@@ -50,9 +65,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     from .prepare import prepare_run
     from .render import explain_axolotl_config, render_axolotl_config
-    from .taskfile import load_tasks
 
-    for task in load_tasks(args.task):
+    for task in _load_allowed(args.task):
         layout = _layout(task, args.output)
         manifest = prepare_run(task.spec, layout, _storage(task))
         config = render_axolotl_config(task.spec, manifest, layout, profile=args.profile)
@@ -117,10 +131,11 @@ def _add_plugin_commands(sub: Any) -> None:
 
 
 def _is_user_error(err: BaseException) -> bool:
+    from .policy import PolicyError
     from .spec import SpecError
     from finetune_contract.storage import StorageError
 
-    known: tuple[type[BaseException], ...] = (UserError, SpecError, StorageError)
+    known: tuple[type[BaseException], ...] = (UserError, SpecError, StorageError, PolicyError)
     try:
         from .prepare import PrepareError
 

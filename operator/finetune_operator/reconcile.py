@@ -20,7 +20,7 @@ import time
 
 import kopf
 
-from . import metrics
+from . import metrics, policy
 from finetune_contract import Manifest, RunLayout
 from .follow import follow, follow_run
 from .resources import build_configmap, build_job, child_name, profile_for
@@ -44,6 +44,7 @@ def reconcile(task: Task, ctx: Context) -> None:
             _start_run(w, run_id)
         elif w.status.phase in FINAL_PHASES:
             return  # this spec's run already ended; only a spec change starts another
+        _check_policy(w, spec)
         ctx.set_active(task.ref, True)
         layout = RunLayout(root=spec.output.uri, namespace=task.ref.namespace,
                            task=task.ref.name, run_id=run_id)
@@ -64,6 +65,13 @@ def _parse(w: Writer) -> FineTuneTaskSpec:
     except SpecError as err:
         w.fail("DataReady", "InvalidSpec", f"{err}; fix the spec and re-apply")
         raise  # unreachable: fail() raises
+
+
+def _check_policy(w: Writer, spec: FineTuneTaskSpec) -> None:
+    """The admin's policy (policy.py), before anything is read: a violation ends the run."""
+    violation = policy.check_spec(spec, policy.from_settings(w.ctx.settings, local=False))
+    if violation is not None:
+        w.fail("DataReady", policy.REASON, violation.message)
 
 
 def _start_run(w: Writer, run_id: str) -> None:

@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .policy import DEFAULT_DENIED_KEYS, KeyPolicy, parse_entry
+
 
 class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FINETUNE_", extra="ignore")
@@ -29,9 +31,33 @@ class OperatorSettings(BaseSettings):
     device_profile: Literal["gpu", "cpu"] = Field("gpu", description="Trainer profile when gpu > 0.")
     max_parallel_preparations: int = Field(4, ge=1, description="Data preparations run at once.")
 
-    @field_validator("namespaces", mode="before")
+    # The admin's policy (policy.py, docs/policy.md); lists are comma-separated like namespaces.
+    axolotl_key_policy: KeyPolicy = Field(
+        "denylist", description="denylist: any spec.training.axolotl key but the denied ones; "
+        "allowlist: only the allowed ones (denied keys stay refused).")
+    axolotl_denied_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_DENIED_KEYS),
+        description="spec.training.axolotl keys refused (glob patterns); replaces the defaults.")
+    axolotl_allowed_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="The only keys allowed in allowlist mode (globs).")
+    allowed_s3_endpoints: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="When set, the only spec.storage.endpoint values "
+        "allowed: host, host:port, *.domain or URL entries, trusted as named.")
+    allow_loopback_endpoints: bool | None = Field(
+        None, description="Allow loopback S3 endpoints; unset: refused by the operator, allowed "
+        "by the CLI and local runs (the user's own machine).")
+
+    @field_validator("namespaces", "axolotl_denied_keys", "axolotl_allowed_keys",
+                     "allowed_s3_endpoints", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return [n.strip() for n in value.split(",") if n.strip()]
+        return value
+
+    @field_validator("allowed_s3_endpoints")
+    @classmethod
+    def _endpoints(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            parse_entry(entry)  # ValueError names the entry: fail at startup, not per task
         return value

@@ -138,3 +138,54 @@ def test_yaml_that_does_not_parse(tmp_path: Path, s3_server: S3Server) -> None:
     path = tmp_path / "task.yaml"
     path.write_text("kind: FineTuneTask\nspec: [unclosed\n")
     assert_one_line_error(finetune(path, s3_server.env()), f"finetune prepare: {path}:")
+
+
+def _policy_task(tmp_path: Path, **spec: object) -> Path:
+    path = task_yaml(tmp_path, {"uri": "s3://abc/data/"}, "s3://abc/runs")
+    doc = yaml.safe_load(path.read_text())
+    doc["spec"].update(spec)
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.mark.parametrize("command", ["prepare", "render"])
+@pytest.mark.parametrize(("spec", "env", "field"), [
+    ({"training": {"axolotl": {"trust_remote_code": True}}}, {},
+     "spec.training.axolotl.trust_remote_code"),
+    ({"storage": {"endpoint": "http://169.254.169.254"}}, {}, "spec.storage.endpoint"),
+    ({"storage": {"endpoint": "http://[fe80::1]:9000"}}, {}, "spec.storage.endpoint"),
+    ({"storage": {"endpoint": "http://127.0.0.1:9"}},
+     {"FINETUNE_ALLOW_LOOPBACK_ENDPOINTS": "false"}, "spec.storage.endpoint"),
+    ({"storage": {"endpoint": "http://minio.example:9000"}},
+     {"FINETUNE_ALLOWED_S3_ENDPOINTS": "s3.example.com"}, "spec.storage.endpoint"),
+    ({"training": {"axolotl": {"warmup_steps": 5}}}, {"FINETUNE_AXOLOTL_KEY_POLICY": "allowlist"},
+     "spec.training.axolotl.warmup_steps"),
+], ids=["denied-key", "metadata", "link-local-v6", "loopback-refused", "not-listed",
+        "allowlist-mode"])
+def test_policy_violation_is_one_line_exit_2(tmp_path: Path, command: str, spec: dict,
+                                             env: dict[str, str], field: str) -> None:
+    """Checked before anything is read: no S3 server is needed to be refused."""
+    path = _policy_task(tmp_path, **spec)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FINETUNE_"))}
+    proc = subprocess.run([sys.executable, "-m", "finetune_operator", command, str(path)],
+                          env={**clean, **env}, capture_output=True, text=True, timeout=120)
+    assert_one_line_error(proc, f"finetune {command}: {path}: {field}: not allowed by the "
+                                "operator's policy (")
+
+
+def test_bad_policy_setting_is_one_line_exit_2(tmp_path: Path) -> None:
+    path = _policy_task(tmp_path)
+    proc = finetune(path, {"FINETUNE_ALLOWED_S3_ENDPOINTS": "ftp://nope"})
+    assert_one_line_error(proc, "finetune prepare: FINETUNE_ALLOWED_S3_ENDPOINTS: 'ftp://nope'")
+
+
+def test_loopback_endpoint_is_allowed_for_local_use(tmp_path: Path, s3_server: S3Server,
+                                                    storage: Storage, bucket: str) -> None:
+    """The CLI runs as the task's author on their own machine: a loopback S3 server is theirs."""
+    storage.write_text(f"s3://{bucket}/data/a.jsonl", rows(120))
+    path = task_yaml(tmp_path, {"uri": f"s3://{bucket}/data/a.jsonl"}, f"s3://{bucket}/runs")
+    doc = yaml.safe_load(path.read_text())
+    doc["spec"]["storage"] = {"endpoint": s3_server.endpoint}
+    path.write_text(yaml.safe_dump(doc))
+    env = {k: v for k, v in s3_server.env().items() if k != "AWS_ENDPOINT_URL"}
+    assert finetune(path, env).returncode == 0

@@ -16,6 +16,8 @@ import yaml
 from deploytools import ALERTS, CHART, CRD_FILE, helm_template, kinds, promtool_check_rules, \
     render, run, tool, validate_k8s
 
+from finetune_operator.policy import DEFAULT_DENIED_KEYS, Policy
+from finetune_operator.policy import from_settings as policy_from_settings
 from finetune_operator.settings import OperatorSettings
 
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
@@ -89,8 +91,11 @@ def test_chart_crd_equals_crds_dir() -> None:
     ("replicas=2", "additional properties 'replicas' not allowed"),
     ("operator.trainerimage=x", "additional properties 'trainerimage' not allowed"),
     ("watchNamespaces[0]=Not_A_Namespace", "watchNamespaces/0"),
+    ("policy.axolotlKeyPolicy=maybe", "axolotlKeyPolicy"),
+    ("policy.allowedS3Endpoints[0]=a b", "allowedS3Endpoints/0"),
+    ("policy.allowLoopbackEndpoints=yes", "allowLoopbackEndpoints"),
 ], ids=["wrong-type-list", "wrong-type-port", "bad-enum", "unknown-key", "unknown-nested-key",
-        "bad-namespace-name"])
+        "bad-namespace-name", "bad-key-policy", "bad-endpoint-entry", "wrong-type-loopback"])
 def test_values_schema_rejects(override: str, message: str) -> None:
     out = run(tool("helm"), "template", "x", str(CHART), "--set", override, check=False)
     assert out.returncode != 0, f"--set {override} was accepted"
@@ -257,3 +262,27 @@ def test_helm_template_fails_on_broken_values_file(tmp_path: Path) -> None:
     out = helm_template(bad, check=False)
     assert out.returncode != 0 and "interval" in out.stderr
 
+
+
+def _policy(docs: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> Policy:
+    for name, value in _env(docs).items():
+        monkeypatch.setenv(name, value)
+    return policy_from_settings(OperatorSettings(), local=False)  # as the operator builds it
+
+
+def test_default_policy_is_the_operators_built_in_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """values.yaml repeats the built-in denylist so admins see it: the two must not drift."""
+    assert _policy(render(), monkeypatch) == Policy(denied_keys=DEFAULT_DENIED_KEYS,
+                                                    allow_loopback=False)
+
+
+def test_policy_values_reach_the_operator(monkeypatch: pytest.MonkeyPatch) -> None:
+    rules = _policy(render(CHART / "ci" / "policy-values.yaml"), monkeypatch)
+    assert rules == Policy(axolotl_key_policy="allowlist",
+                           denied_keys=("trust_remote_code", "hub_*", "push_*"),
+                           allowed_keys=("warmup_*", "weight_decay", "lr_scheduler"),
+                           allowed_endpoints=("minio.minio.svc:9000", "https://s3.example.com",
+                                              "*.s3.example.net"),
+                           allow_loopback=False)
+    loopback = _policy(render(**{"policy.allowLoopbackEndpoints": "true"}), monkeypatch)
+    assert loopback.allow_loopback is True
