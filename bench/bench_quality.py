@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from finetune_operator import demo_tasks
+from finetune_dev import demo_tasks
 from finetune_dev.local import EXIT_INTERRUPTED, TaskResult, run_tasks
 from finetune_dev.smollm import ensure_smollm2
 from finetune_contract.storage import Storage

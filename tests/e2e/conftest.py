@@ -1,19 +1,19 @@
-"""End to end: the operator as a real process (`python -m finetune_operator operator`, real
-Kopf and `kubernetes` client) over real HTTP against kmock, and a real SeaweedFS S3 server with
-credentials made up for this session (so a leak is detectable anywhere).
+"""End to end on a real Kubernetes control plane (see harness.py for what is real).
 
-Not real, and played by the harness (harness.py): the API server's bookkeeping kmock lacks
-(uid, creationTimestamp, generation bumps), schema admission (every FineTuneTask sent is first
-validated against the CRD's schema), the Job controller (Job status, the trainer pod's
-termination message), the trainer (writes metrics.json/COMPLETE), and the garbage collector.
-Every built-in object the operator creates is checked with `kubernetes-validate --strict`; every
-(verb, resource) it calls is written to tests/e2e/.api_calls.json for the RBAC test.
+Real: etcd, kube-apiserver (RBAC, audit log) and kube-controller-manager built from Go modules
+by `make controlplane`; the CRD and the chart's RBAC applied with kubectl; the operator process
+authenticated as the chart's ServiceAccount with a TokenRequest token; a SeaweedFS S3 server
+with credentials made up for this session (so a leak is detectable anywhere).
+Played: the kubelet (finetune_dev.cluster.node binds and runs pods) and the trainer inside the
+pod (harness.ScriptedTrainer), except where a test runs the real trainer command.
+After each test: every object the operator created passes `kubernetes-validate --strict`, none
+of its requests (read from the apiserver's audit log) or log lines holds a secret value, and the
+apiserver refused none of its calls.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,13 +22,18 @@ from typing import Any
 import pytest
 from kubevalidate import validate_objects
 
-from finetune_dev.devs3 import S3Server, start_s3
 from finetune_contract.storage import Credentials, Storage
+from finetune_dev.cluster.controlplane import ControlPlane
+from finetune_dev.cluster.node import Node
+from finetune_dev.devs3 import S3Server, start_s3
 
-from .harness import ApiServer, Cluster, OperatorProcess
+from .harness import (Cluster, Identity, OperatorProcess, ScriptedTrainer, chart_rbac,
+                      install_crd, operator_identity)
 
-API_CALLS_FILE = Path(__file__).parent / ".api_calls.json"
 _ns_ids = itertools.count()
+# The test S3 server listens on loopback, which the operator's endpoint policy refuses unless
+# an admin allows it: the e2e operator is that admin's deployment.
+OPERATOR_TEST_SETTINGS: dict[str, Any] = {"allow_loopback_endpoints": "true"}
 
 
 @pytest.fixture(scope="session")
@@ -44,28 +49,49 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 
 @pytest.fixture(scope="session")
-def api_server() -> Iterator[ApiServer]:
-    server = ApiServer().start()
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    plane = ControlPlane(state_dir=tmp_path_factory.mktemp("controlplane"), audit=True)
     try:
-        yield server
+        plane.start()
+        yield plane
     finally:
-        if server.emulator is not None:
-            API_CALLS_FILE.write_text(json.dumps(
-                [{"verb": v, "group": g, "resource": r} for v, g, r in server.api_calls()],
-                indent=1) + "\n")
-        server.stop()
+        plane.stop()
 
 
 @pytest.fixture(scope="session")
-def cluster(api_server: ApiServer) -> Cluster:
-    return Cluster(api_server.url)
+def cluster(control_plane: ControlPlane) -> Cluster:
+    cluster = Cluster(control_plane)
+    install_crd(cluster)
+    return cluster
 
 
 @pytest.fixture(scope="session")
-def operator_process(api_server: ApiServer, tmp_path_factory: pytest.TempPathFactory
+def trainer() -> ScriptedTrainer:
+    return ScriptedTrainer()
+
+
+@pytest.fixture(scope="session")
+def node(cluster: Cluster, trainer: ScriptedTrainer,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    node = Node(cluster.api, runner=trainer, work_root=tmp_path_factory.mktemp("node")).start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def identity(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Identity:
+    """The chart's ServiceAccount, ClusterRole and binding (cluster-wide mode), and a token."""
+    return operator_identity(cluster, tmp_path_factory.mktemp("identity"), chart_rbac())
+
+
+@pytest.fixture(scope="session")
+def operator_process(identity: Identity, node: Node, tmp_path_factory: pytest.TempPathFactory
                      ) -> Iterator[OperatorProcess]:
     work = tmp_path_factory.mktemp("operator")
-    proc = OperatorProcess(api_server.write_kubeconfig(work / "kubeconfig"), work / "operator.log")
+    proc = OperatorProcess(identity.kubeconfig, work / "operator.log",
+                           **OPERATOR_TEST_SETTINGS)
     proc.start()
     try:
         yield proc
@@ -85,32 +111,36 @@ def operator(operator_process: OperatorProcess) -> OperatorProcess:
 def namespace(cluster: Cluster, s3_server: S3Server) -> str:
     """A fresh namespace holding the S3 credentials Secret the tasks name."""
     ns = f"e2e-{next(_ns_ids)}"
+    cluster.ensure_namespace(ns)
     cluster.create_secret(ns, "s3-credentials", {"AWS_ACCESS_KEY_ID": s3_server.access_key,
                                                  "AWS_SECRET_ACCESS_KEY": s3_server.secret_key})
     return ns
 
 
 @pytest.fixture(autouse=True)
-def _operator_output_checked(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
-    """After each test: what the operator created passes kubernetes-validate --strict, and no
-    secret value appears in anything it sent or logged."""
-    if "api_server" not in request.fixturenames:
+def _operator_output_checked(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test that ran the session operator: what it created passes kubernetes-validate
+    --strict, no secret value appears in what it sent or logged, no call of its was refused."""
+    if "operator" not in request.fixturenames:
         yield
         return
-    api: ApiServer = request.getfixturevalue("api_server")
-    assert api.emulator is not None
+    cluster: Cluster = request.getfixturevalue("cluster")
+    who: Identity = request.getfixturevalue("identity")
     s3: S3Server = request.getfixturevalue("s3_server")
-    log = (request.getfixturevalue("operator_process").log
-           if "operator_process" in request.fixturenames else None)
-    first = len(api.emulator.bodies)
+    log = request.getfixturevalue("operator_process").log
+    since = cluster.audit.mark()
     yield
-    bodies = list(api.emulator.bodies)[first:]
+    calls = cluster.audit.calls(who.username, since)
+    bodies = [c.body for c in calls if c.body is not None]
     for value in (s3.access_key, s3.secret_key):
-        assert value not in json.dumps([b for _, b in bodies]), "a secret value was sent"
-        if log is not None:
-            assert value not in log.read_text(errors="replace"), "a secret value was logged"
-    created = [b for verb, b in bodies
-               if verb in ("create jobs", "create configmaps", "create events")]
+        assert value not in str(bodies), "a secret value was sent to the API server"
+        assert value not in log.read_text(errors="replace"), "a secret value was logged"
+    refused = sorted({f"{c.verb} {c.group}/{c.resource}" for c in calls if c.code == 403})
+    # A freshly restarted apiserver answers 403 until its RBAC informers have synced.
+    if request.node.get_closest_marker("apiserver_restart") is None:
+        assert not refused, f"the apiserver refused the operator (RBAC): {refused}"
+    created = [c.body for c in calls if c.verb == "create" and c.body is not None
+               and c.resource in ("jobs", "configmaps", "events")]
     if created:
         validate_objects(created)
 
@@ -127,3 +157,6 @@ def alpaca_records(n: int, *, tag: str = "t") -> list[dict[str, Any]]:
     return [{"instruction": "Classify the support ticket.",
              "input": f"Ticket {tag}-{i}: my {labels[i % 4]} issue number {i} needs help",
              "output": labels[i % 4]} for i in range(n)]
+
+
+__all__ = ["Path", "alpaca_records"]

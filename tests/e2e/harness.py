@@ -1,17 +1,18 @@
-"""The e2e harness: kmock as the API server, the operator as a real process, helpers that play
-the API server's and the Job controller's parts. Shared by tests/e2e and bench/bench_operator.py.
+"""The e2e harness: a real Kubernetes control plane, the operator as a real process under RBAC,
+and a node that plays the kubelet. Shared by tests/e2e and bench/bench_operator.py.
 
-What is real: HTTP between the operator (Kopf + the `kubernetes` client) and kmock; the
-`finetune operator` process; SeaweedFS (S3) where the caller passes one. What the harness
-adds because kmock does not: uid, creationTimestamp, metadata.generation (bumped on spec
-changes), names for `generateName`, the Job controller (status), the garbage collector.
+What is real: etcd, kube-apiserver and kube-controller-manager (hack/controlplane, started by
+finetune_dev.cluster), with RBAC enforced and an audit log; the CRD, the chart's ServiceAccount,
+ClusterRole/Roles and bindings, applied with the real kubectl; the operator process,
+authenticated with a TokenRequest token of that ServiceAccount; the Job controller and the
+garbage collector. What is played: the kubelet (finetune_dev.cluster.node) and, in most tests,
+the trainer inside the pod (`ScriptedTrainer`: the test writes the run's outputs to S3 and
+decides the container's exit code and termination message).
 """
 
 from __future__ import annotations
 
-import asyncio
-import copy
-import datetime
+import base64
 import json
 import os
 import signal
@@ -20,29 +21,25 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import kmock
 import yaml
-from kmock._internal import dicts as kmock_dicts
 
-from finetune_operator import GROUP, KIND, PLURAL, VERSION
-from finetune_operator.crdgen import build_crd, to_jsonschema
+from finetune_dev.cluster.controlplane import ControlPlane, free_port
+from finetune_dev.cluster.node import Outcome, PodContext
+from finetune_operator import GROUP, PLURAL, VERSION
 
-HARNESS_AGENT = "finetune-e2e-harness"
 ROOT = Path(__file__).resolve().parents[2]
-VERBS = {"FETCH": "get", "LIST": "list", "WATCH": "watch", "CREATE": "create",
-         "DELETE": "delete"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+CRD_FILE = ROOT / "crds" / "finetunetasks.finetune.v-sekai.org.yaml"
+CHART = ROOT / "helm" / "finetune-operator"
+OPERATOR_NAMESPACE = "finetune-system"
+RELEASE = "finetune"
+KUBECTL = str(Path(sys.executable).parent / "kubectl")
+HELM = str(ROOT / ".tools" / "bin" / "helm")
+__all__ = ["free_port"]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition",
@@ -58,176 +55,130 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "c
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
-def describe(obj: Any) -> str:
-    return json.dumps(obj, indent=1)[:3000]
+# ---- the apiserver's audit log: which calls a user made, with what result --------------------
+
+@dataclass(frozen=True)
+class Call:
+    verb: str
+    group: str
+    resource: str  # with "/subresource" where there is one
+    namespace: str
+    name: str
+    code: int
+    body: Any
+    t: float  # seconds since the epoch (stageTimestamp)
+
+    @property
+    def rbac(self) -> tuple[str, str, str]:
+        return self.verb, self.group, self.resource
 
 
-def task_validator() -> jsonschema.Draft202012Validator:
-    """The CRD's openAPIV3Schema as JSON Schema: what the API server would admit."""
-    crd = build_crd()
-    schema = to_jsonschema(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
-    return jsonschema.Draft202012Validator(schema)
+class Audit:
+    """Reads the apiserver's JSON audit log (one event per line, ResponseComplete stage)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def mark(self) -> int:
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def calls(self, user: str, since: int = 0) -> list[Call]:
+        if not self.path.exists():
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(since)
+            lines = f.read().splitlines()
+        out = []
+        for line in lines:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue  # a line being written
+            # A watch is recorded when its response starts (it completes only when it closes);
+            # every other request when it completes.
+            stage = "ResponseStarted" if ev.get("verb") == "watch" else "ResponseComplete"
+            if ev.get("stage") != stage or ev["user"].get("username") != user:
+                continue
+            ref = ev.get("objectRef") or {}
+            if not ref.get("resource"):
+                continue  # discovery (/api, /apis, /version)
+            resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource")
+                                          else "")
+            stamp = ev.get("stageTimestamp", "")
+            out.append(Call(ev["verb"], ref.get("apiGroup", ""), resource,
+                            ref.get("namespace", ""), ref.get("name", ""),
+                            int((ev.get("responseStatus") or {}).get("code", 0)),
+                            ev.get("requestObject"), _epoch(stamp)))
+        return out
 
 
-class _MatchOnlyThis(kmock.RawHandler):
-    """Sits between kmock's emulator and its matcher (see the MRO): kmock finds the reaction
-    for a request by scanning its whole request log for that request; the log is left holding
-    only the request being matched (the matching itself is synchronous)."""
+def _epoch(stamp: str) -> float:
+    import datetime
 
-    __slots__ = ()
-
-    async def _handle(self, request: Any) -> Any:
-        self._requests[:] = [request]
-        return await super()._handle(request)
+    if not stamp:
+        return 0.0
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
-class Emulator(kmock.KubernetesEmulator, _MatchOnlyThis):
-    """kmock's emulator plus what a real API server sets, and a record of the operator's calls."""
+# ---- the trainer inside the pod, played by the test -----------------------------------------
 
-    def __attrs_post_init__(self) -> None:
-        super().__attrs_post_init__()
-        self.calls: list[dict[str, Any]] = []  # every non-harness request
-        self.bodies: list[tuple[str, Any]] = []  # (verb resource, body) the operator sent
+@dataclass
+class ScriptedTrainer:
+    """A PodRunner for the node: each pod of a Job runs until the test releases an outcome for
+    that Job (one per attempt), or until the pod is deleted. Unreleased pods keep running, as a
+    long training would."""
 
-    async def _handle(self, request: Any) -> Any:
-        return await self._handle_recorded(request)
+    outcomes: dict[str, list[Outcome]] = field(default_factory=dict)
+    started: dict[str, int] = field(default_factory=dict)
+    _cv: threading.Condition = field(default_factory=threading.Condition)
 
-    async def _handle_recorded(self, request: Any) -> Any:
-        res = request.resource
-        if res is not None and res.plural and request.action is not None:
-            agent = (request.headers or {}).get("User-Agent", "")
-            verb = VERBS.get(request.action.name)
-            if verb is None:
-                verb = "update" if str(request.method).upper().endswith("PUT") else "patch"
-            resource = res.plural + (f"/{request.subresource}" if request.subresource else "")
-            if HARNESS_AGENT not in agent:
-                name = request.name
-                if name is None and verb == "create" and isinstance(request.data, dict):
-                    name = (request.data.get("metadata") or {}).get("name")
-                self.calls.append({"verb": verb, "group": res.group or "", "resource": resource,
-                                   "namespace": request.namespace, "name": name,
-                                   "agent": agent.split("/")[0], "t": time.monotonic()})
-                if request.data is not None and verb in ("create", "patch", "update"):
-                    self.bodies.append((f"{verb} {resource}", request.data))
-            self._as_api_server(request)
-        return await super()._handle(request)
+    def release(self, job: str, *outcomes: Outcome) -> None:
+        with self._cv:
+            self.outcomes.setdefault(job, []).extend(outcomes)
+            self._cv.notify_all()
 
-    def _KubernetesEmulator__get_objs(self, request: Any, strict: bool) -> list[Any]:
-        """kmock scans every stored object per request; a named request is one dict lookup
-        (what makes a 1,000-task benchmark measure the operator rather than the mock)."""
-        if request.name is not None and (strict or request.namespace is not None):
-            obj = self.objects._objects.get((request.resource, request.namespace, request.name))
-            return [obj] if obj is not None else []
-        return super()._KubernetesEmulator__get_objs(request, strict)  # type: ignore[misc]
+    def attempts(self, job: str) -> int:
+        with self._cv:
+            return self.started.get(job, 0)
 
-    def _as_api_server(self, request: Any) -> None:
-        """What a real API server adds on writes: names, uid, timestamps, generation, and a new
-        resourceVersion on every write (Kopf waits for the version its own patch produced)."""
-        data, action = request.data, request.action.name
-        version = str(time.monotonic_ns())
-        if action == "UPDATE" and isinstance(data, list):  # JSON patch: add an op at the end
-            key = (request.resource, request.namespace, request.name)
-            current = (self.objects[key].raw.get("metadata", {}).get("resourceVersion")
-                       if key in self.objects and not self.objects[key].deleted else None)
-            for op in data:
-                if (op.get("op") == "test" and op.get("path") == "/metadata/resourceVersion"
-                        and op.get("value") != current):
-                    # What the API server answers to a failed `test`: 422, not 500.
-                    raise kmock.KubernetesError(status=422, reason="Invalid",
-                                                message="the test operation failed")
-            data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
-            return
-        if action not in ("CREATE", "UPDATE") or not isinstance(data, dict):
-            return
-        meta = data.setdefault("metadata", {})
-        meta["resourceVersion"] = version
-        if action == "CREATE":
-            if not meta.get("name") and meta.get("generateName"):
-                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
-            meta.setdefault("uid", str(uuid.uuid4()))
-            meta.setdefault("creationTimestamp", _now())
-            meta["generation"] = 1
-        elif not request.subresource and "spec" in data:
-            key = (request.resource, request.namespace, request.name)
-            if key in self.objects and not self.objects[key].deleted:
-                old = self.objects[key].raw
-                merged = kmock_dicts.patch_dict(copy.deepcopy(old), copy.deepcopy(data))
-                if merged.get("spec") != old.get("spec"):
-                    meta["generation"] = int(old.get("metadata", {}).get("generation") or 1) + 1
+    def __call__(self, ctx: PodContext) -> Outcome:
+        job = ctx.job_name
+        with self._cv:
+            self.started[job] = self.started.get(job, 0) + 1
+            while not ctx.stop.is_set():
+                if self.outcomes.get(job):
+                    return self.outcomes[job].pop(0)
+                self._cv.wait(0.2)
+        return Outcome(137, "")
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class ApiServer:
-    """kmock on a loopback port, served from its own thread and event loop."""
-
-    def __init__(self) -> None:
-        self.emulator: Emulator | None = None
-        self.url = ""
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="kmock", daemon=True)
-
-    def start(self) -> ApiServer:
-        self._thread.start()
-        if not self._ready.wait(30) or not self.url:
-            raise RuntimeError("kmock did not start")
-        return self
-
-    def _run(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._loop.run_until_complete(self._serve())
-
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
-        async with Emulator() as emulator, kmock.Server(emulator) as server:
-            emulator.resources.load_bundled()
-            emulator.resources[f"{GROUP}/{VERSION}/{PLURAL}"] = kmock.ResourceInfo(
-                kind=KIND, singular=KIND.lower(), namespaced=True,
-                verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
-                shortnames={"ftt"}, categories={"finetune"}, subresources={"status"})
-            self.emulator = emulator
-            self.url = str(server.url).rstrip("/")
-            self._ready.set()
-            await self._stop.wait()
-
-    def stop(self) -> None:
-        if self._loop and self._stop:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    def write_kubeconfig(self, path: Path) -> Path:
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
-            "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
-            "users": [{"name": "e2e", "user": {"token": "e2e-token"}}],
-            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "e2e"}}],
-        }))
-        return path
-
-    def api_calls(self) -> list[tuple[str, str, str]]:
-        """Distinct (verb, group, resource) the operator called."""
-        assert self.emulator is not None
-        return sorted({(c["verb"], c["group"], c["resource"]) for c in self.emulator.calls})
-
+# ---- the test's side of the API (admin) --------------------------------------------------------
 
 class Cluster:
-    """The test's side of the API: a `kubernetes` client marked as the harness."""
+    """Admin access to the control plane: the `kubernetes` client and the real kubectl."""
 
-    def __init__(self, url: str) -> None:
-        from kubernetes import client
+    def __init__(self, plane: ControlPlane) -> None:
+        from kubernetes import client, config
 
-        cfg = client.Configuration()
-        cfg.host = url
-        self.api = client.ApiClient(cfg)
-        self.api.user_agent = HARNESS_AGENT
+        self.plane = plane
+        self.kubeconfig = plane.admin_kubeconfig
+        self.api = config.new_client_from_config(config_file=str(self.kubeconfig))
         self.core = client.CoreV1Api(self.api)
         self.batch = client.BatchV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
-        self.validator = task_validator()
+        self.rbac = client.RbacAuthorizationV1Api(self.api)
+        self.audit = Audit(plane.audit_log)
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True
+                ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([KUBECTL, f"--kubeconfig={self.kubeconfig}", *args], input=input,
+                              capture_output=True, text=True, timeout=120)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
+        return proc
+
+    def apply(self, docs: Iterable[dict[str, Any]], *extra: str) -> None:
+        self.kubectl("apply", *extra, "-f", "-", input=yaml.safe_dump_all(list(docs)))
 
     @staticmethod
     def _raw(resp: Any) -> Any:
@@ -243,26 +194,38 @@ class Cluster:
                 return None
             raise
 
+    def ensure_namespace(self, name: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.core.create_namespace({"metadata": {"name": name}}, _preload_content=False)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+        # Pods need the namespace's default ServiceAccount (the serviceaccount controller).
+        wait_for(lambda: self._call(self.core.read_namespaced_service_account, "default", name),
+                 30, f"the default ServiceAccount in {name}")
+
     # ---- FineTuneTasks ---------------------------------------------------------------------
 
     def task_doc(self, ns: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
+        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneTask",
                 "metadata": {"name": name, "namespace": ns}, "spec": spec}
 
     def apply_task(self, ns: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        doc = self.task_doc(ns, name, spec)
-        self.validator.validate(doc)  # what the API server would reject never reaches Kopf
         return self._call(self.custom.create_namespaced_custom_object, GROUP, VERSION, ns,
-                          PLURAL, doc)
+                          PLURAL, self.task_doc(ns, name, spec))
 
     def patch_spec(self, ns: str, name: str, spec_patch: dict[str, Any]) -> dict[str, Any]:
-        current = self.task(ns, name)
-        merged = kmock_dicts.patch_dict(copy.deepcopy(current), {"spec": spec_patch})
-        merged.pop("status", None)
-        self.validator.validate({k: v for k, v in merged.items() if k != "status"})
         return self._call(self.custom.patch_namespaced_custom_object, GROUP, VERSION, ns, PLURAL,
                           name, {"spec": spec_patch},
                           _content_type="application/merge-patch+json")
+
+    def touch(self, ns: str, name: str, value: str) -> None:
+        """An annotation-only change: a watch event that Kopf must treat as a no-op."""
+        self._call(self.custom.patch_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name,
+                   {"metadata": {"annotations": {"e2e/touch": value}}},
+                   _content_type="application/merge-patch+json")
 
     def task(self, ns: str, name: str) -> dict[str, Any] | None:
         return self._call(self.custom.get_namespaced_custom_object, GROUP, VERSION, ns, PLURAL,
@@ -281,77 +244,88 @@ class Cluster:
     # ---- built-ins -------------------------------------------------------------------------
 
     def create_secret(self, ns: str, name: str, values: dict[str, str]) -> None:
-        import base64
-
         data = {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}
         self._call(self.core.create_namespaced_secret, ns,
                    {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                     "metadata": {"name": name, "namespace": ns}, "data": data})
 
     def jobs(self, ns: str) -> list[dict[str, Any]]:
-        items = (self._call(self.batch.list_namespaced_job, ns) or {}).get("items", [])
-        return [j for j in items if j["metadata"].get("namespace") == ns]
+        return (self._call(self.batch.list_namespaced_job, ns) or {}).get("items", [])
+
+    def job(self, ns: str, name: str) -> dict[str, Any] | None:
+        return self._call(self.batch.read_namespaced_job, name, ns)
+
+    def job_condition(self, ns: str, name: str, type_: str) -> dict[str, Any] | None:
+        conds = ((self.job(ns, name) or {}).get("status") or {}).get("conditions") or []
+        return next((c for c in conds if c["type"] == type_ and c["status"] == "True"), None)
+
+    def pods(self, ns: str, job: str | None = None) -> list[dict[str, Any]]:
+        kw = {"label_selector": f"batch.kubernetes.io/job-name={job}"} if job else {}
+        return (self._call(self.core.list_namespaced_pod, ns, **kw) or {}).get("items", [])
 
     def configmaps(self, ns: str) -> list[dict[str, Any]]:
         items = (self._call(self.core.list_namespaced_config_map, ns) or {}).get("items", [])
-        return [c for c in items if c["metadata"].get("namespace") == ns]
+        # Every namespace holds the root CA's ConfigMap (published by the controller manager).
+        return [c for c in items if c["metadata"]["name"] != "kube-root-ca.crt"]
 
     def events(self, ns: str) -> list[dict[str, Any]]:
-        items = (self._call(self.core.list_namespaced_event, ns) or {}).get("items", [])
-        return [e for e in items if e["metadata"].get("namespace") == ns]
+        return (self._call(self.core.list_namespaced_event, ns) or {}).get("items", [])
 
-    # ---- playing the Job controller --------------------------------------------------------
 
-    def set_job_status(self, ns: str, name: str, status: dict[str, Any]) -> None:
-        self._call(self.batch.patch_namespaced_job_status, name, ns, {"status": status},
-                   _content_type="application/merge-patch+json")
+# ---- installing what the chart ships, and the operator's identity -----------------------------
 
-    def start_job(self, ns: str, name: str) -> None:
-        self.set_job_status(ns, name, {"startTime": _now(), "active": 1})
+def install_crd(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    f"crd/{PLURAL}.{GROUP}")
 
-    def complete_job(self, ns: str, name: str) -> None:
-        now = _now()
-        self.set_job_status(ns, name, {
-            "active": 0, "succeeded": 1, "startTime": now, "completionTime": now,
-            "conditions": [
-                {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now},
-                {"type": "Complete", "status": "True", "lastTransitionTime": now}]})
 
-    def fail_job(self, ns: str, name: str, *, termination: str | None, exit_code: int = 2,
-                 reason: str = "PodFailurePolicy") -> None:
-        """A failed trainer pod (with its termination message), then the Job's Failed condition."""
-        now = _now()
-        pod = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": f"{name}-x1", "namespace": ns,
-                            "labels": {"job-name": name, "batch.kubernetes.io/job-name": name}},
-               "spec": {"restartPolicy": "Never",
-                        "containers": [{"name": "trainer", "image": "trainer"}]},
-               "status": {"phase": "Failed", "containerStatuses": [{
-                   "name": "trainer", "ready": False, "restartCount": 0, "image": "trainer",
-                   "imageID": "", "state": {"terminated": {
-                       "exitCode": exit_code, "reason": "Error", "finishedAt": now,
-                       **({"message": termination} if termination else {})}}}]}}
-        self._call(self.core.create_namespaced_pod, ns, pod)
-        self.set_job_status(ns, name, {"active": 0, "failed": 1, "conditions": [
-            {"type": "FailureTarget", "status": "True", "reason": reason, "lastTransitionTime": now},
-            {"type": "Failed", "status": "True", "reason": reason, "lastTransitionTime": now,
-             "message": f"Container trainer for pod {ns}/{name}-x1 failed with exit code "
-                        f"{exit_code} matching FailJob rule at index 0"}]})
+def render_chart(*set_values: str, show_only: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """`helm template` of the shipped chart (the real helm binary)."""
+    args = [HELM, "template", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE]
+    for value in set_values:
+        args += ["--set", value]
+    for template in show_only:
+        args += ["--show-only", template]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
-    # ---- playing the garbage collector -----------------------------------------------------
 
-    def collect_garbage(self, ns: str, owner_uid: str) -> list[str]:
-        """Delete what an owner reference ties to a deleted owner (kmock has no GC)."""
-        gone = []
-        for kind, items, delete in (
-                ("job", self.jobs(ns), self.batch.delete_namespaced_job),
-                ("configmap", self.configmaps(ns), self.core.delete_namespaced_config_map)):
-            for obj in items:
-                owners = obj["metadata"].get("ownerReferences") or []
-                if any(o.get("uid") == owner_uid for o in owners):
-                    self._call(delete, obj["metadata"]["name"], ns)
-                    gone.append(f"{kind}/{obj['metadata']['name']}")
-        return gone
+RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+
+
+@dataclass
+class Identity:
+    """A ServiceAccount the operator runs as, with a kubeconfig holding its token."""
+
+    namespace: str
+    name: str
+    kubeconfig: Path
+
+    @property
+    def username(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.name}"
+
+
+def chart_rbac(*set_values: str) -> list[dict[str, Any]]:
+    return [d for d in render_chart(*set_values) if d["kind"] in RBAC_KINDS]
+
+
+def operator_identity(cluster: Cluster, workdir: Path, docs: list[dict[str, Any]]
+                      ) -> Identity:
+    """Apply the chart's RBAC documents and issue a token for its ServiceAccount."""
+    cluster.ensure_namespace(OPERATOR_NAMESPACE)
+    for doc in docs:
+        if doc.get("metadata", {}).get("namespace") and doc["kind"] in ("Role", "RoleBinding"):
+            cluster.ensure_namespace(doc["metadata"]["namespace"])
+    cluster.apply(docs)
+    [account] = [d for d in docs if d["kind"] == "ServiceAccount"]
+    name = account["metadata"]["name"]
+    token = cluster.kubectl("create", "token", name, "-n", OPERATOR_NAMESPACE,
+                            "--duration=24h").stdout.strip()
+    path = cluster.plane.token_kubeconfig(workdir / f"{name}.kubeconfig", token)
+    return Identity(OPERATOR_NAMESPACE, name, path)
 
 
 class OperatorProcess:

@@ -1,21 +1,22 @@
-"""The FineTuneTask lifecycle end to end: apply -> prepared data -> ConfigMap -> Job -> (the
-harness plays the Job controller and the trainer) -> status with metrics, or a failure reason."""
+"""The FineTuneTask lifecycle on a real control plane: apply -> prepared data -> ConfigMap -> Job
+-> (the real Job controller creates the pod, the node runs it, the test plays the trainer) ->
+status with metrics, or a failure reason. Retries, podFailurePolicy, suspend and garbage
+collection are the real controllers'."""
 
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
 
-from finetune_contract import (ExactMatch, Metrics, RunLayout, TerminationMessage,
-                                        Verdicts)
-from finetune_dev.devs3 import S3Server
+from finetune_contract import ExactMatch, Metrics, RunLayout, TerminationMessage, Verdicts
 from finetune_contract.storage import Storage
+from finetune_dev.cluster.node import Outcome
+from finetune_dev.devs3 import S3Server
 
 from .conftest import alpaca_records
-from .harness import Cluster, OperatorProcess, wait_for
+from .harness import Cluster, Identity, OperatorProcess, ScriptedTrainer, free_port, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -60,16 +61,32 @@ def _write_trainer_output(storage: Storage, status: dict[str, Any], ns: str, nam
     return m
 
 
+def _success(m: Metrics) -> Outcome:
+    return Outcome(0, TerminationMessage(ok=True, reason="Improved", message="done",
+                                         base_eval_loss=m.base_eval_loss,
+                                         eval_loss=m.eval_loss).encode())
+
+
 def _cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next(c for c in status.get("conditions", []) if c["type"] == type_)
 
 
-def _calls_on(cluster_calls: list[dict[str, Any]], name: str, since: float) -> list[Any]:
-    return [c for c in cluster_calls if c["t"] >= since and name in (c["name"] or "")]
+def _pod_running(cluster: Cluster, ns: str, job: str) -> bool:
+    return any(p.get("status", {}).get("phase") == "Running" for p in cluster.pods(ns, job))
 
 
-def test_happy_path_to_succeeded(cluster: Cluster, operator: OperatorProcess, namespace: str,
-                                 bucket: str, task_storage: Storage, s3_server: S3Server) -> None:
+def _handled_marker(cluster: Cluster, ns: str, bucket: str, storage: Storage,
+                    s3: S3Server, name: str = "marker") -> None:
+    """Apply a small task and wait until the operator has skipped it: proof that the operator
+    has handled every event queued before it (so a retry or a re-create would have shown)."""
+    uri = _dataset(storage, bucket, alpaca_records(6, tag=name), f"{name}.jsonl")
+    cluster.apply_task(ns, name, _spec(s3, uri, bucket, minSamples=50))
+    cluster.wait_phase(ns, name, "Skipped")
+
+
+def test_happy_path_to_succeeded(cluster: Cluster, operator: OperatorProcess,
+                                 trainer: ScriptedTrainer, namespace: str, bucket: str,
+                                 task_storage: Storage, s3_server: S3Server) -> None:
     ns, name = namespace, "triage"
     uri = _dataset(task_storage, bucket, alpaca_records(60), "data/triage.jsonl")
     cluster.apply_task(ns, name, _spec(s3_server, uri, bucket))
@@ -85,16 +102,19 @@ def test_happy_path_to_succeeded(cluster: Cluster, operator: OperatorProcess, na
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
     assert "runs/" in cm["data"]["axolotl.yaml"]  # paths point at the prepared split
 
-    cluster.start_job(ns, job_name)
+    # The real Job controller made a pod; the node bound and started it.
+    wait_for(lambda: _pod_running(cluster, ns, job_name), 30, "the trainer pod to run")
     wait_for(lambda: cluster.status(ns, name).get("job", {}).get("startTime"), 15,
              "the timer to record the Job's start")
     m = _write_trainer_output(task_storage, st, ns, name, bucket)
-    cluster.complete_job(ns, job_name)
+    trainer.release(job_name, _success(m))
     st = cluster.wait_phase(ns, name, "Succeeded")
+    assert cluster.job_condition(ns, job_name, "Complete") is not None
     assert st["metrics"]["evalLoss"] == pytest.approx(m.eval_loss)
     assert st["metrics"]["baseEvalLoss"] == pytest.approx(m.base_eval_loss)
     assert st["metrics"]["improvement"] == pytest.approx(0.4)
     assert st["adapter"]["uri"] == m.adapter_uri
+    assert st["job"]["completionTime"]
     assert _cond(st, "Ready")["status"] == "True"
     assert _cond(st, "Evaluated")["reason"] == "Improved"
     # Events follow the status write that they announce: poll for them.
@@ -113,48 +133,53 @@ def test_spec_change_starts_a_second_run(cluster: Cluster, operator: OperatorPro
     uri = _dataset(task_storage, bucket, alpaca_records(60), "d.jsonl")
     cluster.apply_task(ns, name, _spec(s3_server, uri, bucket))
     first = cluster.wait_phase(ns, name, "Training")
+    wait_for(lambda: _pod_running(cluster, ns, first["job"]["name"]), 30, "the first run's pod")
     cluster.patch_spec(ns, name, {"training": {"epochs": 2}})
     second = wait_for(lambda: (s := cluster.status(ns, name)).get("runId") != first["runId"]
                       and s.get("phase") == "Training" and s, 30, "the second run's Job")
     assert second["observedGeneration"] == 2
-    names = [j["metadata"]["name"] for j in cluster.jobs(ns)]
-    # The superseded run's Job (and ConfigMap) are deleted: one Job per task at a time.
-    assert names == [second["job"]["name"]]
-    assert [c["metadata"]["name"] for c in cluster.configmaps(ns)] == names
+    # The superseded run's Job, its pod and its ConfigMap go (background deletion, real GC):
+    # one Job per task at a time.
+    wait_for(lambda: [j["metadata"]["name"] for j in cluster.jobs(ns)] == [second["job"]["name"]],
+             30, "only the second run's Job")
+    wait_for(lambda: cluster.pods(ns, first["job"]["name"]) == [], 30,
+             "the first run's pod to be deleted")
+    assert [c["metadata"]["name"] for c in cluster.configmaps(ns)] == [second["job"]["name"]]
     wait_for(lambda: any(e["reason"] == "Superseded" for e in cluster.events(ns)), 10,
              "the Superseded Event")
 
 
 def test_duplicate_delivery_and_restart_keep_one_job(
-        cluster: Cluster, operator: OperatorProcess, api_server: Any, namespace: str,
-        bucket: str, task_storage: Storage, s3_server: S3Server) -> None:
+        cluster: Cluster, operator: OperatorProcess, identity: Identity,
+        trainer: ScriptedTrainer, namespace: str, bucket: str, task_storage: Storage,
+        s3_server: S3Server) -> None:
     ns, name = namespace, "restart"
+    since = cluster.audit.mark()
     uri = _dataset(task_storage, bucket, alpaca_records(60), "d.jsonl")
     cluster.apply_task(ns, name, _spec(s3_server, uri, bucket))
     st = cluster.wait_phase(ns, name, "Training")
-    # Duplicate delivery: the same object is re-sent (an annotation-only change re-triggers
-    # a watch event; a restart replays every object as ADDED).
-    cluster._call(cluster.custom.patch_namespaced_custom_object, "finetune.v-sekai.org",
-                  "v1alpha1", ns, "finetunetasks", name,
-                  {"metadata": {"annotations": {"touch": "1"}}},
-                  _content_type="application/merge-patch+json")
+    # Duplicate delivery: an annotation-only change re-triggers a watch event; a restart
+    # replays every object as ADDED.
+    cluster.touch(ns, name, "1")
     operator.kill()
     # While the operator is down the trainer finishes: the restarted operator must notice.
-    _write_trainer_output(task_storage, st, ns, name, bucket)
-    cluster.complete_job(ns, st["job"]["name"])
-    since = time.monotonic()
+    m = _write_trainer_output(task_storage, st, ns, name, bucket)
+    trainer.release(st["job"]["name"], _success(m))
+    wait_for(lambda: cluster.job_condition(ns, st["job"]["name"], "Complete"), 30,
+             "the Job to complete while the operator is down")
+    restarted = cluster.audit.mark()
     operator.start()
     cluster.wait_phase(ns, name, "Succeeded")
-    assert any(c["verb"] == "get" and c["resource"] == "jobs"
-               for c in _calls_on(api_server.emulator.calls, name, since))
+    assert any(c.rbac == ("get", "batch", "jobs")
+               for c in cluster.audit.calls(identity.username, restarted) if c.namespace == ns)
     assert len(cluster.jobs(ns)) == 1
-    creates = [c for c in api_server.emulator.calls
-               if c["verb"] == "create" and c["resource"] == "jobs" and c["namespace"] == ns]
+    creates = [c for c in cluster.audit.calls(identity.username, since)
+               if c.rbac == ("create", "batch", "jobs") and c.namespace == ns]
     assert len(creates) == 1
 
 
 def test_bad_data_fails_once_without_retry_storm(
-        cluster: Cluster, operator: OperatorProcess, api_server: Any, namespace: str,
+        cluster: Cluster, operator: OperatorProcess, identity: Identity, namespace: str,
         bucket: str, task_storage: Storage, s3_server: S3Server) -> None:
     ns, name = namespace, "bad"
     uri = f"s3://{bucket}/bad.jsonl"
@@ -171,10 +196,10 @@ def test_bad_data_fails_once_without_retry_storm(
     wait_for(lambda: "finetune.v-sekai.org/last-handled-configuration" in (
         (cluster.task(ns, name) or {}).get("metadata", {}).get("annotations") or {}), 10,
         "Kopf to record the handled spec")
-    since = time.monotonic()
-    time.sleep(3)  # a window in which a retry storm would show (Kopf's retry is ~1 s)
-    writes = [c for c in _calls_on(api_server.emulator.calls, name, since)
-              if c["verb"] in ("patch", "create")]
+    since = cluster.audit.mark()
+    _handled_marker(cluster, ns, bucket, task_storage, s3_server)
+    writes = [c for c in cluster.audit.calls(identity.username, since)
+              if c.name == name and c.verb in ("patch", "create", "update")]
     assert writes == []
 
 
@@ -202,22 +227,46 @@ def test_infrequent_is_skipped_after_preparing(cluster: Cluster, operator: Opera
     assert cluster.jobs(ns) == []
 
 
-def test_job_failure_reports_the_termination_message(
-        cluster: Cluster, operator: OperatorProcess, namespace: str, bucket: str,
-        task_storage: Storage, s3_server: S3Server) -> None:
+def test_exit_2_fails_the_job_at_once_with_the_termination_message(
+        cluster: Cluster, operator: OperatorProcess, trainer: ScriptedTrainer, namespace: str,
+        bucket: str, task_storage: Storage, s3_server: S3Server) -> None:
     ns, name = namespace, "fails"
     uri = _dataset(task_storage, bucket, alpaca_records(60), "d.jsonl")
-    cluster.apply_task(ns, name, _spec(s3_server, uri, bucket))
+    cluster.apply_task(ns, name, {**_spec(s3_server, uri, bucket),
+                                  "resources": {"gpu": 1, "backoffLimit": 3}})
     st = cluster.wait_phase(ns, name, "Training")
+    job = st["job"]["name"]
     msg = TerminationMessage(ok=False, reason="BaseModelNotFound",
                              message="base model Qwen/nope not found on the hub: check baseModel")
-    cluster.fail_job(ns, st["job"]["name"], termination=msg.encode())
+    trainer.release(job, Outcome(2, msg.encode()))
     st = cluster.wait_phase(ns, name, "Failed")
     cond = _cond(st, "Trained")
     assert (cond["status"], cond["reason"]) == ("False", "BaseModelNotFound")
     assert "check baseModel" in st["message"]
+    # podFailurePolicy's FailJob rule: one pod, no retry, although backoffLimit allows three.
+    assert cluster.job_condition(ns, job, "Failed")["reason"] == "PodFailurePolicy"
+    assert trainer.attempts(job) == 1 and len(cluster.pods(ns, job)) == 1
     wait_for(lambda: any(e["reason"] == "BaseModelNotFound" and e["type"] == "Warning"
                          for e in cluster.events(ns)), 10, "a Warning Event with the reason")
+
+
+def test_exit_1_is_retried_up_to_the_backoff_limit(
+        cluster: Cluster, operator: OperatorProcess, trainer: ScriptedTrainer, namespace: str,
+        bucket: str, task_storage: Storage, s3_server: S3Server) -> None:
+    ns, name = namespace, "flaky"
+    uri = _dataset(task_storage, bucket, alpaca_records(60), "d.jsonl")
+    cluster.apply_task(ns, name, {**_spec(s3_server, uri, bucket),
+                                  "resources": {"gpu": 1, "backoffLimit": 1}})
+    st = cluster.wait_phase(ns, name, "Training")
+    job = st["job"]["name"]
+    # A crash (exit 1, no termination message: the log's tail stands in) on every attempt.
+    trainer.release(job, Outcome(1, "CUDA error: an illegal memory access"),
+                    Outcome(1, "CUDA error: an illegal memory access"))
+    st = cluster.wait_phase(ns, name, "Failed", timeout=90)
+    assert cluster.job_condition(ns, job, "Failed")["reason"] == "BackoffLimitExceeded"
+    assert trainer.attempts(job) == 2  # the first try and one retry (backoffLimit 1)
+    assert _cond(st, "Trained")["status"] == "False"
+    assert "\n" not in st["message"]
 
 
 def test_suspend_before_launch_then_resume(cluster: Cluster, operator: OperatorProcess,
@@ -229,11 +278,16 @@ def test_suspend_before_launch_then_resume(cluster: Cluster, operator: OperatorP
     st = cluster.wait_phase(ns, name, "Suspended")
     assert _cond(st, "JobCreated")["reason"] == "Suspended" and cluster.jobs(ns) == []
     cluster.patch_spec(ns, name, {"suspend": False})
-    cluster.wait_phase(ns, name, "Training")
+    st = cluster.wait_phase(ns, name, "Training")
+    job = st["job"]["name"]
     assert len(cluster.jobs(ns)) == 1
+    wait_for(lambda: _pod_running(cluster, ns, job), 30, "the trainer pod to run")
     cluster.patch_spec(ns, name, {"suspend": True})
     cluster.wait_phase(ns, name, "Suspended")
     assert cluster.jobs(ns)[0]["spec"]["suspend"] is True
+    # The real Job controller stops a suspended Job's pods (the node confirms the deletion).
+    wait_for(lambda: cluster.job_condition(ns, job, "Suspended"), 30, "the Job's Suspended")
+    wait_for(lambda: cluster.pods(ns, job) == [], 30, "the running pod to be removed")
 
 
 def test_deletion_leaves_children_to_the_garbage_collector(
@@ -242,7 +296,8 @@ def test_deletion_leaves_children_to_the_garbage_collector(
     ns, name = namespace, "gone"
     uri = _dataset(task_storage, bucket, alpaca_records(60), "d.jsonl")
     cluster.apply_task(ns, name, _spec(s3_server, uri, bucket))
-    cluster.wait_phase(ns, name, "Training")
+    st = cluster.wait_phase(ns, name, "Training")
+    wait_for(lambda: _pod_running(cluster, ns, st["job"]["name"]), 30, "the trainer pod to run")
     task = cluster.task(ns, name)
     assert task is not None
     uid = task["metadata"]["uid"]
@@ -254,10 +309,11 @@ def test_deletion_leaves_children_to_the_garbage_collector(
             "FineTuneTask", name, uid, True)
     cluster.delete_task(ns, name)
     wait_for(lambda: cluster.task(ns, name) is None, 20, "the task to be deleted")
-    assert sorted(cluster.collect_garbage(ns, uid)) == [f"configmap/{name}-{task['status']['runId']}",
-                                                        f"job/{name}-{task['status']['runId']}"]
-    time.sleep(2)  # the operator must not recreate children of a deleted task
-    assert cluster.jobs(ns) == [] and cluster.configmaps(ns) == []
+    # The real garbage collector removes the Job, its pod and the ConfigMap.
+    wait_for(lambda: cluster.jobs(ns) == [] and cluster.configmaps(ns) == []
+             and cluster.pods(ns) == [], 60, "the garbage collector to remove the children")
+    _handled_marker(cluster, ns, bucket, task_storage, s3_server)
+    assert cluster.jobs(ns) == [] and cluster.configmaps(ns) == []  # nothing was recreated
 
 
 def test_missing_secret_waits_instead_of_failing(cluster: Cluster, operator: OperatorProcess,
@@ -274,14 +330,12 @@ def test_missing_secret_waits_instead_of_failing(cluster: Cluster, operator: Ope
                   "a status naming the missing Secret")
     assert st["phase"] == "Pending"
     assert _cond(st, "DataReady")["reason"] == "SecretNotFound"
-    assert "not-yet-there" in st["message"]
+    assert "not-yet-there" in st["message"] and "\n" not in st["message"]
 
 
 def test_unreachable_s3_is_retried_not_failed(cluster: Cluster, operator: OperatorProcess,
                                               namespace: str, bucket: str,
                                               s3_server: S3Server) -> None:
-    from .harness import free_port
-
     ns, name = namespace, "outage"
     spec = _spec(s3_server, f"s3://{bucket}/d.jsonl", bucket)
     spec["storage"]["endpoint"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
@@ -291,6 +345,7 @@ def test_unreachable_s3_is_retried_not_failed(cluster: Cluster, operator: Operat
                   "the DataReady condition to say it retries")
     assert st["phase"] == "Preparing"
     assert "retrying" in _cond(st, "DataReady")["message"]
+    assert "\n" not in st["message"]
 
 
 def _cond_or_none(status: dict[str, Any], type_: str, reason: str) -> bool:
@@ -298,26 +353,55 @@ def _cond_or_none(status: dict[str, Any], type_: str, reason: str) -> bool:
 
 
 def test_two_operators_at_once_still_make_one_job(
-        cluster: Cluster, operator: OperatorProcess, api_server: Any, namespace: str,
+        cluster: Cluster, operator: OperatorProcess, identity: Identity, namespace: str,
         bucket: str, task_storage: Storage, s3_server: S3Server, tmp_path: Any) -> None:
     """Every event delivered twice (e.g. an overlapping rollout): names are deterministic and a
     second create gets 409, so there is still one ConfigMap and one Job."""
-    from .harness import OperatorProcess as Proc
-
-    second = Proc(operator.kubeconfig, tmp_path / "second.log").start()
+    second = OperatorProcess(operator.kubeconfig, tmp_path / "second.log",
+                             **{k: v for k, v in operator.settings.items()
+                                if k != "metrics_port"}).start()
     try:
         ns, name = namespace, "twice"
+        since = cluster.audit.mark()
         uri = _dataset(task_storage, bucket, alpaca_records(60), "d.jsonl")
         cluster.apply_task(ns, name, _spec(s3_server, uri, bucket))
         st = cluster.wait_phase(ns, name, "Training")
         # Each operator handles the task (each reads its Secret once); whichever comes second
         # finds the children there, or gets 409 creating them.
-        wait_for(lambda: len([c for c in api_server.emulator.calls
-                              if c["verb"] == "get" and c["resource"] == "secrets"
-                              and c["namespace"] == ns]) >= 2, 20,
-                 "both operators to handle the task")
+        wait_for(lambda: len([c for c in cluster.audit.calls(identity.username, since)
+                              if c.rbac == ("get", "", "secrets") and c.namespace == ns]) >= 2,
+                 20, "both operators to handle the task")
         assert [j["metadata"]["name"] for j in cluster.jobs(ns)] == [st["job"]["name"]]
         assert len(cluster.configmaps(ns)) == 1
     finally:
         second.stop()
     assert s3_server.secret_key not in second.log.read_text(errors="replace")
+
+
+@pytest.mark.apiserver_restart
+def test_apiserver_outage_mid_run_loses_and_duplicates_nothing(
+        cluster: Cluster, operator: OperatorProcess, identity: Identity,
+        trainer: ScriptedTrainer, namespace: str, bucket: str, task_storage: Storage,
+        s3_server: S3Server) -> None:
+    """The apiserver process is stopped while the trainer runs and finishes, then restarted
+    (etcd keeps the state): the task still ends Succeeded with one Job, the operator is up."""
+    ns, name = namespace, "outage-mid-run"
+    since = cluster.audit.mark()
+    uri = _dataset(task_storage, bucket, alpaca_records(60), "d.jsonl")
+    cluster.apply_task(ns, name, _spec(s3_server, uri, bucket))
+    st = cluster.wait_phase(ns, name, "Training")
+    job = st["job"]["name"]
+    wait_for(lambda: _pod_running(cluster, ns, job), 30, "the trainer pod to run")
+    cluster.plane.stop_component("kube-apiserver")
+    try:
+        m = _write_trainer_output(task_storage, st, ns, name, bucket)
+        trainer.release(job, _success(m))  # the node reports once the apiserver is back
+        wait_for(lambda: trainer.outcomes.get(job) == [], 10, "the pod to finish meanwhile")
+    finally:
+        cluster.plane.start_apiserver()
+    st = cluster.wait_phase(ns, name, "Succeeded", timeout=90)
+    assert st["metrics"]["evalLoss"] == pytest.approx(m.eval_loss)
+    assert operator.running, "the operator must ride out an apiserver outage"
+    creates = [c for c in cluster.audit.calls(identity.username, since)
+               if c.rbac == ("create", "batch", "jobs") and c.namespace == ns]
+    assert len(creates) == 1 and len(cluster.jobs(ns)) == 1 and len(cluster.pods(ns, job)) == 1

@@ -1,97 +1,31 @@
-"""Namespace-scoped mode as the chart deploys it, on the real operator process: FINETUNE_NAMESPACES
-comma-separated, Kopf's /healthz on FINETUNE_HEALTH_PORT (what the Deployment's probes call), and
-only the Role's permissions. Between the operator and kmock sits a small real HTTP proxy that
-plays RBAC for a ServiceAccount holding Roles in two namespaces: cluster-scoped reads and other
-namespaces get 403, as a real API server would answer. The operator must stay up, fall back to
-the listed namespaces, and make no call outside them.
+"""Namespace-scoped mode as the chart deploys it, on the real operator process and the real
+apiserver: the chart's Roles and RoleBindings in two namespaces (watchNamespaces), nothing
+cluster-wide, FINETUNE_NAMESPACES comma-separated, and Kopf's /healthz on FINETUNE_HEALTH_PORT
+(what the Deployment's probes call). Cluster-scoped reads get the apiserver's own 403. The
+operator must stay up, fall back to the listed namespaces, and run a task there.
 """
 
 from __future__ import annotations
 
-import asyncio
-import re
-import threading
+import json
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
-import yaml
-from aiohttp import web
 
-from .harness import ROOT, ApiServer, OperatorProcess, free_port, wait_for
+from finetune_contract.storage import Storage
+from finetune_dev.devs3 import S3Server
+
+from .conftest import OPERATOR_TEST_SETTINGS, alpaca_records
+from .harness import (Cluster, OperatorProcess, chart_rbac, free_port, operator_identity,
+                      wait_for)
 
 WATCHED = ("probe-a", "probe-b")
-NAMESPACED = re.compile(r"^/apis?/(?:[^/]+/)?[^/]+/namespaces/([^/]+)/([^/?]+)(?:/[^/?]+)?(?:/([^/?]+))?")
-
-
-class RbacProxy:
-    """Forwards to kmock what a Role-only ServiceAccount may call; 403 for the rest."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream, self.port = upstream, free_port()
-        self.allowed: list[str] = []
-        self.forbidden: list[str] = []
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    def start(self) -> RbacProxy:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(30)
-        return self
-
-    async def _serve(self) -> None:
-        self._session = aiohttp.ClientSession(auto_decompress=False)
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=2)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    def _permitted(self, path: str) -> bool:
-        if path == "/version" or re.match(r"^(/api(/v1)?|/apis(/[^/]+){0,2})$", path):
-            return True  # discovery is open to every authenticated user
-        match = NAMESPACED.match(path)
-        return bool(match) and match.group(1) in WATCHED
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        line = f"{request.method} {request.path_qs}"
-        if not self._permitted(request.path):
-            self.forbidden.append(line)
-            return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                      "reason": "Forbidden", "code": 403,
-                                      "message": f"{line} is forbidden"}, status=403)
-        self.allowed.append(line)
-        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
-        async with self._session.request(request.method, self.upstream + request.path_qs,
-                                         headers=headers, data=await request.read(),
-                                         timeout=aiohttp.ClientTimeout(total=None)) as upstream:
-            response = web.StreamResponse(status=upstream.status)
-            response.content_type = upstream.content_type
-            await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
-            return response
-
-    def stop(self) -> None:
-        async def _close() -> None:
-            await self._session.close()  # ends the proxied watch streams first
-            await self._runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(_close(), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-
-@pytest.fixture()
-def rbac_proxy(api_server: ApiServer) -> Iterator[RbacProxy]:
-    proxy = RbacProxy(api_server.url).start()
-    try:
-        yield proxy
-    finally:
-        proxy.stop()
+# Kopf's optional cluster-scoped observations; refused by the Role-only account, not needed.
+OPTIONAL_CLUSTER_CALLS = {("list", "", "namespaces"), ("watch", "", "namespaces"),
+                          ("list", "apiextensions.k8s.io", "customresourcedefinitions"),
+                          ("watch", "apiextensions.k8s.io", "customresourcedefinitions")}
 
 
 def _healthz(port: int) -> bool:
@@ -102,62 +36,65 @@ def _healthz(port: int) -> bool:
         return False
 
 
-def role_grants() -> set[tuple[str, str]]:
-    """(resource, verb) of the namespaced Role, from the shipped rules."""
-    docs = yaml.safe_load_all((ROOT / "manifests" / "rbac.yaml").read_text())
-    [role] = [d for d in docs if d and d["kind"] == "ClusterRole"]
-    return {(res, verb) for rule in role["rules"] if "apiextensions.k8s.io" not in rule["apiGroups"]
-            for res in rule["resources"] for verb in rule["verbs"]}
-
-
-def rbac_call(line: str) -> tuple[str, str] | None:
-    """(resource, verb) of a namespaced request line, as RBAC names it; None for discovery."""
-    method, path = line.split(" ", 1)
-    match = NAMESPACED.match(path)
-    if not match:
-        return None
-    resource = match.group(2) + (f"/{match.group(3)}" if match.group(3) else "")
-    named = re.match(r"^.*/namespaces/[^/]+/[^/?]+/[^/?]+", path) is not None
-    if method == "GET" and not named:
-        return resource, "watch" if "watch=true" in path else "list"
-    return resource, {"GET": "get", "POST": "create", "PATCH": "patch", "PUT": "update",
-                      "DELETE": "delete"}[method]
+@pytest.fixture()
+def session_operator_paused(operator_process: OperatorProcess) -> Iterator[None]:
+    """The cluster-wide session operator would handle these namespaces' tasks too."""
+    operator_process.stop()
+    yield
 
 
 @pytest.mark.slow
 def test_namespace_scoped_operator_with_role_only_permissions(
-        api_server: ApiServer, rbac_proxy: RbacProxy, tmp_path: Path) -> None:
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(api_server.write_kubeconfig(tmp_path / "kmock").read_text()
-                          .replace(api_server.url, f"http://127.0.0.1:{rbac_proxy.port}"))
+        cluster: Cluster, session_operator_paused: None, s3_server: S3Server,
+        task_storage: Storage, tmp_path: Path) -> None:
+    docs = chart_rbac("watchNamespaces={" + ",".join(WATCHED) + "}",
+                      "serviceAccount.name=scoped", "fullnameOverride=scoped")
+    assert {d["kind"] for d in docs} == {"ServiceAccount", "Role", "RoleBinding"}
+    who = operator_identity(cluster, tmp_path, docs)
+    since = cluster.audit.mark()
     health_port = free_port()
-    proc = OperatorProcess(kubeconfig, tmp_path / "operator.log", health_port=health_port,
-                           namespaces=",".join(WATCHED))
+    proc = OperatorProcess(who.kubeconfig, tmp_path / "operator.log", health_port=health_port,
+                           namespaces=",".join(WATCHED), **OPERATOR_TEST_SETTINGS)
     proc.start()
     try:
         wait_for(lambda: _healthz(health_port), 30, "Kopf's /healthz on the health port")
 
         def watching() -> set[str]:
-            return {m.group(1) for line in rbac_proxy.allowed
-                    if "watch=true" in line and (m := NAMESPACED.match(line.split(" ")[1]))
-                    and m.group(2) == "finetunetasks"}
+            return {c.namespace for c in cluster.audit.calls(who.username, since)
+                    if c.rbac == ("watch", "finetune.v-sekai.org", "finetunetasks")
+                    and c.code == 200}
 
-        # Kopf 1.45 retries each 403 through its error backoffs (1+1+2+3+5+8+13+21 s) before it
-        # falls back to the listed namespaces; handlers.py setting `scanning.disabled` in this
-        # mode would skip those two cluster-scoped calls and serve at once.
+        # Kopf 1.45 retries each 403 through its error backoffs before it falls back to the
+        # listed namespaces.
         wait_for(lambda: watching() == set(WATCHED), 120, f"watches on finetunetasks in {WATCHED}",
                  interval=0.5)
         assert proc.running and _healthz(health_port)
-        # The only refused calls are Kopf's optional cluster-scoped observations.
-        refused = {re.sub(r"\?.*", "", line) for line in rbac_proxy.forbidden}
-        assert refused <= {"GET /api/v1/namespaces",
-                           "GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions"}, refused
+
+        # A task in a watched namespace is handled under the Role alone.
+        ns = WATCHED[0]
+        cluster.create_secret(ns, "s3-credentials", {
+            "AWS_ACCESS_KEY_ID": s3_server.access_key,
+            "AWS_SECRET_ACCESS_KEY": s3_server.secret_key})
+        bucket = "scoped"
+        task_storage.ensure_bucket(f"s3://{bucket}/")
+        task_storage.write_text(f"s3://{bucket}/d.jsonl", "".join(
+            json.dumps(r) + "\n" for r in alpaca_records(60)))
+        cluster.apply_task(ns, "scoped", {
+            "baseModel": {"name": "Qwen/Qwen2.5-0.5B-Instruct"},
+            "dataset": {"uri": f"s3://{bucket}/d.jsonl", "validationFraction": 0.2,
+                        "minSamples": 20, "minValidationSamples": 5},
+            "output": {"uri": f"s3://{bucket}/runs/"},
+            "storage": {"endpoint": s3_server.endpoint, "credentialsSecret": "s3-credentials"},
+            "resources": {"gpu": 1}})
+        cluster.wait_phase(ns, "scoped", "Training", timeout=60)
+
+        calls = cluster.audit.calls(who.username, since)
+        refused = {c.rbac for c in calls if c.code == 403}
+        assert refused <= OPTIONAL_CLUSTER_CALLS, sorted(refused - OPTIONAL_CLUSTER_CALLS)
+        outside = {c.namespace for c in calls if c.namespace} - set(WATCHED)
+        assert not outside, f"calls outside the watched namespaces: {sorted(outside)}"
         log = proc.log.read_text(errors="replace")
         assert "Traceback" not in log, log[-3000:]
-        grants = role_grants()
-        for line in rbac_proxy.allowed:
-            call = rbac_call(line)
-            if call is not None:
-                assert call in grants, f"{line}: the Role does not allow {call[1]} {call[0]}"
+        assert s3_server.secret_key not in log
     finally:
         proc.stop()

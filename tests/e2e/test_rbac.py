@@ -1,55 +1,165 @@
-"""RBAC from the operator's side: every (verb, group, resource) the real operator has called on
-the API server in this e2e session so far is granted by the shipped ClusterRole
-(manifests/rbac.yaml, generated from the chart and drift-tested), and every call on a namespaced
-resource also by the namespace-scoped Role; and, once the session has run a task to training,
-that nothing is granted which the operator neither called nor is listed below as needed on a
-real cluster. pytest runs this file after test_lifecycle.py, test_namespaced_mode.py and
-test_prometheus_scrape.py, so it sees their calls too.
+"""RBAC, enforced by the real apiserver: the operator runs as the chart's ServiceAccount with
+exactly the shipped ClusterRole. One scenario exercises every kind of call the operator makes
+(prepare, launch, suspend, supersede, fail, delete). With the shipped role it meets no 403 and
+uses every grant; with any single grant dropped, the apiserver refuses that call (read from its
+audit log), so no grant is there without a use.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
 import pytest
 import yaml
 
-from .harness import ROOT, ApiServer, OperatorProcess, wait_for
+from finetune_contract import TerminationMessage
+from finetune_contract.storage import Storage
+from finetune_dev.cluster.node import Outcome
+from finetune_dev.devs3 import S3Server
 
-CLUSTER_SCOPED = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces")}
-# Granted, but no test against kmock exercises them; each is a call the operator makes on a real
-# cluster. Keep this short: a grant that is neither called nor listed here fails the test.
-NOT_EXERCISED_BY_E2E = {
-    ("patch", "batch", "jobs"): "suspend/resume a running Job (spec.suspend)",
-    ("get", "", "configmaps"): "create-if-absent after a 409 AlreadyExists",
-    ("get", "apiextensions.k8s.io", "customresourcedefinitions"): "Kopf resource discovery",
-}
+from .conftest import OPERATOR_TEST_SETTINGS, alpaca_records
+from .harness import (ROOT, Cluster, Identity, OperatorProcess, ScriptedTrainer, chart_rbac,
+                      operator_identity, wait_for)
+
+pytestmark = pytest.mark.cluster
+Grant = tuple[str, str, str]  # (verb, apiGroup, resource)
 
 
-def shipped_grants() -> set[tuple[str, str, str]]:
-    docs = yaml.safe_load_all((ROOT / "manifests" / "rbac.yaml").read_text())
-    [role] = [d for d in docs if d and d["kind"] == "ClusterRole"]
+def grants_of(role: dict[str, Any]) -> set[Grant]:
     return {(verb, group, resource) for rule in role["rules"] for group in rule["apiGroups"]
             for resource in rule["resources"] for verb in rule["verbs"]}
 
 
-def test_every_call_the_operator_made_is_granted(api_server: ApiServer,
-                                                 operator: OperatorProcess) -> None:
-    # Kopf lists and watches FineTuneTasks as soon as it runs: at least those calls are seen.
-    wait_for(lambda: ("watch", "finetune.v-sekai.org", "finetunetasks") in api_server.api_calls(),
-             30, "the operator's watch on finetunetasks")
-    granted = shipped_grants()
-    calls = set(api_server.api_calls())
-    assert not calls - granted, f"calls the ClusterRole does not allow: {sorted(calls - granted)}"
-    role = {g for g in granted if (g[1], g[2]) not in CLUSTER_SCOPED}
-    namespaced_calls = {c for c in calls if (c[1], c[2]) not in CLUSTER_SCOPED}
-    assert not namespaced_calls - role, sorted(namespaced_calls - role)
+def shipped_role() -> dict[str, Any]:
+    """The ClusterRole of manifests/rbac.yaml (generated from the chart, drift-tested)."""
+    docs = yaml.safe_load_all((ROOT / "manifests" / "rbac.yaml").read_text())
+    [role] = [d for d in docs if d and d["kind"] == "ClusterRole"]
+    return role
 
 
-def test_nothing_is_granted_that_the_operator_does_not_use(api_server: ApiServer,
-                                                           operator: OperatorProcess) -> None:
-    granted = shipped_grants()
-    assert set(NOT_EXERCISED_BY_E2E) <= granted, "stale NOT_EXERCISED_BY_E2E entries"
-    calls = set(api_server.api_calls())
-    if ("create", "batch", "jobs") not in calls:
-        pytest.skip("no task reached training in this session: run all of tests/e2e")
-    unexplained = granted - calls - set(NOT_EXERCISED_BY_E2E)
-    assert not unexplained, f"granted but neither called nor documented: {sorted(unexplained)}"
+def without(role: dict[str, Any], dropped: Grant) -> dict[str, Any]:
+    verb, group, resource = dropped
+    rules = []
+    for rule in role["rules"]:
+        if group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]:
+            rest = [v for v in rule["verbs"] if v != verb]
+            if rest:
+                rules.append({**rule, "verbs": rest})
+            others = [r for r in rule["resources"] if r != resource]
+            if others:
+                rules.append({**rule, "resources": others})
+        else:
+            rules.append(rule)
+    return {**role, "rules": rules}
+
+
+class Scenario:
+    """One task through every kind of call, step by step; `stop()` ends it early (a probe
+    stops at the first refusal it was looking for)."""
+
+    def __init__(self, cluster: Cluster, trainer: ScriptedTrainer, storage: Storage,
+                 s3: S3Server, ns: str, stop: Callable[[], bool]) -> None:
+        self.cluster, self.trainer, self.storage, self.s3 = cluster, trainer, storage, s3
+        self.ns, self.stop, self.name = ns, stop, "rbac"
+
+    def _until(self, what: str, predicate: Callable[[], Any], timeout: float = 40) -> bool:
+        """True when the step got there; False when `stop()` fired first."""
+        result = wait_for(lambda: "stopped" if self.stop() else predicate(), timeout, what,
+                          interval=0.2)
+        return result != "stopped"
+
+    def _phase(self, *phases: str) -> Callable[[], Any]:
+        return lambda: (s := self.cluster.status(self.ns, self.name)).get("phase") in phases and s
+
+    def run(self) -> None:
+        c, ns, name = self.cluster, self.ns, self.name
+        c.ensure_namespace(ns)
+        c.create_secret(ns, "s3-credentials", {"AWS_ACCESS_KEY_ID": self.s3.access_key,
+                                               "AWS_SECRET_ACCESS_KEY": self.s3.secret_key})
+        bucket = f"b-{ns}"
+        self.storage.ensure_bucket(f"s3://{bucket}/")
+        self.storage.write_text(f"s3://{bucket}/d.jsonl",
+                                "".join(json.dumps(r) + "\n" for r in alpaca_records(60)))
+        c.apply_task(ns, name, {
+            "baseModel": {"name": "Qwen/Qwen2.5-0.5B-Instruct"},
+            "dataset": {"uri": f"s3://{bucket}/d.jsonl", "validationFraction": 0.2,
+                        "minSamples": 20, "minValidationSamples": 5},
+            "output": {"uri": f"s3://{bucket}/runs/"},
+            "storage": {"endpoint": self.s3.endpoint, "credentialsSecret": "s3-credentials"},
+            "resources": {"gpu": 1}})
+        steps: list[tuple[str, Callable[[], None], Callable[[], Any]]] = [
+            ("prepare and launch", lambda: None, self._phase("Training")),
+            ("suspend the Job", lambda: c.patch_spec(ns, name, {"suspend": True}),
+             self._phase("Suspended")),
+            ("a new run supersedes it",
+             lambda: c.patch_spec(ns, name, {"suspend": False, "training": {"epochs": 2}}),
+             lambda: (s := self._phase("Training")()) and s.get("observedGeneration") == 3),
+            ("the trainer fails with a reason", self._fail, self._phase("Failed")),
+            ("delete the task", lambda: c.delete_task(ns, name),
+             lambda: c.task(ns, name) is None),
+        ]
+        for what, act, done in steps:
+            if self.stop():
+                return
+            act()
+            if not self._until(what, done):
+                return
+
+    def _fail(self) -> None:
+        job = self.cluster.status(self.ns, self.name)["job"]["name"]
+        msg = TerminationMessage(ok=False, reason="BaseModelNotFound", message="no such model")
+        self.trainer.release(job, Outcome(2, msg.encode()))
+
+
+def test_the_shipped_role_is_enough_and_every_grant_is_used(
+        cluster: Cluster, operator: OperatorProcess, identity: Identity,
+        trainer: ScriptedTrainer, task_storage: Storage, s3_server: S3Server) -> None:
+    since = cluster.audit.mark()
+    Scenario(cluster, trainer, task_storage, s3_server, "rbac-full", lambda: False).run()
+    calls = cluster.audit.calls(identity.username, since)
+    # Kopf lists and watches CRDs and tasks once at start-up; this operator started earlier.
+    startup = {g for g in grants_of(shipped_role()) if g[0] in ("list", "watch")}
+    used = {c.rbac for c in calls if c.code < 400} | startup
+    granted = grants_of(shipped_role())
+    assert not {c.rbac for c in calls if c.code == 403}, "a call the shipped role refuses"
+    assert granted - used == set(), f"granted but not used: {sorted(granted - used)}"
+    assert {c.rbac for c in calls} - granted == set()
+
+
+@pytest.fixture()
+def session_operator_paused(operator_process: OperatorProcess) -> Iterator[None]:
+    """The session's operator would handle the probe's task too: stop it meanwhile (the
+    `operator` fixture restarts it for later tests)."""
+    operator_process.stop()
+    yield
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dropped", sorted(grants_of(shipped_role())),
+                         ids=lambda g: f"{g[0]}-{g[1] or 'core'}-{g[2]}")
+def test_dropping_any_grant_breaks_a_call(
+        dropped: Grant, cluster: Cluster, session_operator_paused: None,
+        trainer: ScriptedTrainer, task_storage: Storage, s3_server: S3Server,
+        tmp_path: Path) -> None:
+    verb, group, resource = dropped
+    probe = f"probe-{verb}-{(group or 'core').split('.')[0]}-{resource.replace('/', '-')}"
+    docs = chart_rbac(f"serviceAccount.name={probe}", f"fullnameOverride={probe}")
+    docs = [without(d, dropped) if d["kind"] == "ClusterRole" else d for d in docs]
+    who = operator_identity(cluster, tmp_path, docs)
+    since = cluster.audit.mark()
+
+    def refused() -> bool:
+        return any(c.rbac == dropped and c.code == 403
+                   for c in cluster.audit.calls(who.username, since))
+
+    proc = OperatorProcess(who.kubeconfig, tmp_path / "operator.log", **OPERATOR_TEST_SETTINGS)
+    proc.start(wait=False)
+    try:
+        Scenario(cluster, trainer, task_storage, s3_server, probe, refused).run()
+        assert refused(), f"without {dropped} the scenario still ran: the grant is unused"
+    finally:
+        proc.stop()
+        cluster.kubectl("delete", "namespace", probe, "--wait=false", check=False)

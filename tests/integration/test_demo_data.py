@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from finetune_operator import cli, demo_tasks
+from finetune_dev import demo_tasks
+from finetune_operator import cli
 from finetune_dev.devs3 import S3Server
 from finetune_contract.storage import Storage
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finetune_operator import cli, demo_tasks
+from finetune_dev import demo_tasks
+from finetune_operator import cli
 from finetune_contract import Manifest, Metrics, RunLayout
 from finetune_dev.devs3 import S3Server
 from finetune_dev.local_status import cells, row_for

@@ -31,6 +31,17 @@ CONTROLLERS = ",".join([
     "serviceaccount-controller", "ttl-after-finished-controller",
 ])
 SERVICE_CIDR = "10.96.0.0/16"
+# The apiserver's own record of every request (who, verb, resource, and write bodies): what the
+# tests read to see which calls the operator made, with which result, and what it sent.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+    "rules": [
+        # Secret bodies are never recorded (the tests' own creates carry values).
+        {"level": "Metadata", "resources": [{"group": "", "resources": ["secrets"]}]},
+        {"level": "Request", "verbs": ["create", "update", "patch"]},
+        {"level": "Metadata"},
+    ],
+}
 START_TIMEOUT_S = 120.0
 
 
@@ -88,6 +99,7 @@ class ControlPlane:
     bin_dir: Path = DEFAULT_BIN
     etcd_port: int = field(default_factory=free_port)
     apiserver_port: int = field(default_factory=free_port)
+    audit: bool = False  # record every request in <state_dir>/audit.log
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -148,8 +160,22 @@ class ControlPlane:
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--allow-privileged=true", "--profiling=false",
             "--endpoint-reconciler-type=none",
+            *self._audit_flags(),
         ])
         self._wait("kube-apiserver", self._apiserver_ready)
+
+    @property
+    def audit_log(self) -> Path:
+        return self.state_dir / "audit.log"
+
+    def _audit_flags(self) -> list[str]:
+        if not self.audit:
+            return []
+        policy = self.state_dir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json", "--audit-log-mode=blocking",
+                "--audit-log-maxsize=0"]
 
     def start_controller_manager(self) -> None:
         config = self.state_dir / "controller-manager.kubeconfig"

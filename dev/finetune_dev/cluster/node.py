@@ -305,8 +305,7 @@ class Node:
         return False
 
     def _confirm_deleted(self, ns: str, name: str) -> None:
-        self._call(self.core.delete_namespaced_pod, name, ns, grace_period_seconds=0,
-                   ok=(404, 409))
+        self._through_outage(self.core.delete_namespaced_pod, name, ns, grace_period_seconds=0)
 
     @staticmethod
     def _container_status(container: dict[str, Any], state: dict[str, Any],
@@ -316,8 +315,26 @@ class Node:
                 "state": state}
 
     def _patch_status(self, ns: str, name: str, status: dict[str, Any]) -> None:
-        self._call(self.core.patch_namespaced_pod_status, name, ns, {"status": status},
-                   ok=(404,), _content_type="application/strategic-merge-patch+json")
+        self._through_outage(self.core.patch_namespaced_pod_status, name, ns,
+                             {"status": status},
+                             _content_type="application/strategic-merge-patch+json")
+
+    def _through_outage(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
+        """Report, retrying through an apiserver outage (a kubelet never forgets an exit)."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        while True:
+            try:
+                self._call(fn, *args, ok=(404, 409), **kw)
+                return
+            except ApiException as err:
+                if err.status and err.status < 500:
+                    raise
+            except (OSError, HTTPError) as err:  # the apiserver is down or restarting
+                log.info("%s waits for the apiserver: %s", fn.__name__, err)
+            if self._stopping.wait(1.0):
+                return
 
     def _context(self, pod: dict[str, Any], work: Path) -> PodContext:
         """Env and mounts resolved as a kubelet would (Secret values never leave the pod)."""
