@@ -2,14 +2,22 @@
 
 Why one class for both: the operator reads S3, local runs and tests read directories, and the
 preparation code must not care which. S3 goes through boto3 with path-style addressing for
-custom endpoints (SeaweedFS, MinIO), standard retries with backoff, and bounded reads.
+custom endpoints (SeaweedFS, MinIO), standard retries with backoff, and bounded reads. Listing
+uses boto3's paginator; files (base models, adapters) move with boto3's managed transfers
+(`upload_file`/`download_file`: streamed from and to disk, multipart above TRANSFER_THRESHOLD),
+so an object is never whole in memory unless a caller asks for its bytes (`read_bytes`, bounded
+by `max_bytes`).
 """
 
 from __future__ import annotations
 
 import base64
+import io
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,6 +27,15 @@ from pydantic import BaseModel, SecretStr
 from .run import one_line
 
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+MiB = 1024 * 1024
+# Managed transfers: objects above the threshold go in 8 MiB parts, 4 at a time. A download
+# streams each part to disk in 256 KiB reads with at most 32 of them queued for the writer, so
+# a transfer holds a few MiB whatever the object's size.
+TRANSFER_THRESHOLD = 8 * MiB
+TRANSFER_PART = 8 * MiB
+TRANSFER_CONCURRENCY = 4
+TRANSFER_IO_CHUNK = 256 * 1024
+TRANSFER_IO_QUEUE = 32
 
 
 class StorageError(Exception):
@@ -108,20 +125,45 @@ class Credentials(BaseModel):
                                                self.session_token) if s]
 
 
+_NOT_FOUND = ("404", "NoSuchKey", "NotFound")
 _AUTH_CODES = {"AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken",
                "ExpiredToken", "403", "Forbidden"}
 _TRANSIENT_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "500", "503"}
 
 
+def _code(err: Any) -> str:
+    return str(err.response.get("Error", {}).get("Code", ""))
+
+
+@contextmanager
+def _atomic(target: Path) -> Iterator[Path]:
+    """A temp file next to `target`, renamed onto it when the block ends (never half-written)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _explain(err: Exception, uri: str) -> StorageError:
-    """Turn a botocore error into one line that says what to fix."""
+    """Turn a botocore (or boto3 transfer) error into one line that says what to fix."""
+    from boto3.exceptions import RetriesExceededError, S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
+    # The managed transfers wrap the client's error: explain the one underneath.
+    if isinstance(err, S3UploadFailedError) and isinstance(err.__context__, Exception):
+        return _explain(err.__context__, uri)
+    if isinstance(err, RetriesExceededError) and isinstance(err.last_exception, Exception):
+        return _explain(err.last_exception, uri)
     if isinstance(err, ClientError):
-        code = str(err.response.get("Error", {}).get("Code", ""))
-        if code in ("NoSuchBucket",):
+        code = _code(err)
+        if code == "NoSuchBucket":
             return StorageError(f"bucket does not exist: {parse_s3(uri).bucket} ({uri})")
-        if code in ("NoSuchKey", "404", "NotFound"):
+        if code in _NOT_FOUND:
             return StorageError(f"object not found: {uri}")
         if code in _AUTH_CODES:
             return StorageError(f"S3 refused the credentials ({code}) for {uri}: check the secret")
@@ -138,6 +180,8 @@ def _explain(err: Exception, uri: str) -> StorageError:
 class Storage:
     """Read, list and write s3:// URIs (through one boto3 client) and local paths."""
 
+    list_page_size = 1000  # keys per ListObjectsV2 page (S3's maximum)
+
     def __init__(self, endpoint: str = "", credentials: Credentials | None = None,
                  region: str = "us-east-1", max_attempts: int = 5) -> None:
         self.max_attempts = max_attempts
@@ -145,6 +189,7 @@ class Storage:
         self.credentials = credentials or Credentials.from_env()
         self.region = region
         self._client: Any = None
+        self._transfer_config: Any = None
 
     @property
     def client(self) -> Any:
@@ -165,12 +210,25 @@ class Storage:
             )
         return self._client
 
+    @property
+    def transfer_config(self) -> Any:
+        """boto3's TransferConfig for the managed uploads and downloads (see TRANSFER_*)."""
+        if self._transfer_config is None:
+            from boto3.s3.transfer import TransferConfig
+
+            self._transfer_config = TransferConfig(
+                multipart_threshold=TRANSFER_THRESHOLD, multipart_chunksize=TRANSFER_PART,
+                max_concurrency=TRANSFER_CONCURRENCY, io_chunksize=TRANSFER_IO_CHUNK,
+                max_io_queue=TRANSFER_IO_QUEUE)
+        return self._transfer_config
+
     def _call(self, uri: str, fn: Any, **kwargs: Any) -> Any:
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return fn(**kwargs)
-        except (ClientError, BotoCoreError) as err:
+        except (ClientError, BotoCoreError, Boto3Error) as err:
             raise _explain(err, uri) from None
 
     # ---- reading -----------------------------------------------------------------------
@@ -191,21 +249,13 @@ class Storage:
             if head is not None:
                 return [head]
         prefix = loc.key if not loc.key or loc.key.endswith("/") else loc.key + "/"
-        out: list[ObjectInfo] = []
-        token: str | None = None
-        while True:
-            kwargs: dict[str, Any] = {"Bucket": loc.bucket, "Prefix": prefix}
-            if token:
-                kwargs["ContinuationToken"] = token
-            page = self._call(uri, self.client.list_objects_v2, **kwargs)
-            for item in page.get("Contents", []):
-                if item["Key"].endswith("/"):
-                    continue
-                out.append(ObjectInfo(f"s3://{loc.bucket}/{item['Key']}", int(item["Size"]),
-                                      item.get("ETag", "").strip('"') or None))
-            if not page.get("IsTruncated"):
-                break
-            token = page.get("NextContinuationToken")
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=loc.bucket, Prefix=prefix, PaginationConfig={"PageSize": self.list_page_size})
+        # The paginator sends a request per page as it is iterated: errors surface here.
+        items = self._call(uri, lambda: [item for page in pages for item in page.get("Contents", [])])
+        out = [ObjectInfo(f"s3://{loc.bucket}/{item['Key']}", int(item["Size"]),
+                          item.get("ETag", "").strip('"') or None)
+               for item in items if not item["Key"].endswith("/")]
         return sorted(out, key=lambda o: o.uri)
 
     def _head(self, loc: S3Location) -> ObjectInfo | None:
@@ -214,20 +264,24 @@ class Storage:
         try:
             head = self.client.head_object(Bucket=loc.bucket, Key=loc.key)
         except ClientError as err:
-            code = str(err.response.get("Error", {}).get("Code", ""))
-            if code in ("404", "NoSuchKey", "NotFound"):
-                # Distinguish a missing bucket from a missing key (HEAD has no body to say so).
-                try:
-                    self.client.head_bucket(Bucket=loc.bucket)
-                except ClientError as bucket_err:
-                    if str(bucket_err.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchBucket"):
-                        raise StorageError(f"bucket does not exist: {loc.bucket} ({loc.uri})") from None
-                    raise _explain(bucket_err, loc.uri) from None
+            if _code(err) in _NOT_FOUND:
+                self._check_bucket(loc)
                 return None
             raise _explain(err, loc.uri) from None
         except Exception as err:  # noqa: BLE001 - botocore transport errors
             raise _explain(err, loc.uri) from None
         return ObjectInfo(loc.uri, int(head["ContentLength"]), head.get("ETag", "").strip('"') or None)
+
+    def _check_bucket(self, loc: S3Location) -> None:
+        """After a 404 from a HEAD (no body to say which): raise if the bucket is what is missing."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=loc.bucket)
+        except ClientError as bucket_err:
+            if _code(bucket_err) in ("404", "NoSuchBucket"):
+                raise StorageError(f"bucket does not exist: {loc.bucket} ({loc.uri})") from None
+            raise _explain(bucket_err, loc.uri) from None
 
     def exists(self, uri: str) -> bool:
         if not is_s3(uri):
@@ -262,23 +316,53 @@ class Storage:
     def write_bytes(self, uri: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         """Write one object; local writes go through a temp file and rename (never half-written)."""
         if not is_s3(uri):
-            path = Path(uri)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with _atomic(Path(uri)) as tmp:
+                tmp.write_bytes(data)
             return
         loc = parse_s3(uri)
-        self._call(uri, self.client.put_object, Bucket=loc.bucket, Key=loc.key, Body=data,
-                   ContentType=content_type)
+        self._call(uri, self.client.upload_fileobj, Fileobj=io.BytesIO(data), Bucket=loc.bucket,
+                   Key=loc.key, ExtraArgs={"ContentType": content_type}, Config=self.transfer_config)
 
     def write_text(self, uri: str, text: str, content_type: str = "text/plain") -> None:
         self.write_bytes(uri, text.encode("utf-8"), content_type)
+
+    def upload_file(self, path: str | Path, uri: str,
+                    content_type: str = "application/octet-stream") -> None:
+        """Copy one local file to `uri`, streamed from disk (multipart when large)."""
+        if not is_s3(uri):
+            with _atomic(Path(uri)) as tmp:
+                shutil.copyfile(path, tmp)
+            return
+        loc = parse_s3(uri)
+        self._call(uri, self.client.upload_file, Filename=str(path), Bucket=loc.bucket,
+                   Key=loc.key, ExtraArgs={"ContentType": content_type}, Config=self.transfer_config)
+
+    def download_file(self, uri: str, path: str | Path) -> Path:
+        """Copy one object to the local file `path`, streamed to disk (ranged parts when large);
+        the file appears whole or not at all."""
+        target = Path(path)
+        if not is_s3(uri):
+            if not Path(uri).is_file():
+                raise StorageError(f"file not found: {uri}")
+            with _atomic(target) as tmp:
+                shutil.copyfile(uri, tmp)
+            return target
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        loc = parse_s3(uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.client.download_file(Bucket=loc.bucket, Key=loc.key, Filename=str(target),
+                                      Config=self.transfer_config)
+        except ClientError as err:
+            if _code(err) in _NOT_FOUND:  # from the transfer's HEAD: key or bucket missing
+                self._check_bucket(loc)
+                raise StorageError(f"object not found: {uri}") from None
+            raise _explain(err, uri) from None
+        except (BotoCoreError, Boto3Error) as err:
+            raise _explain(err, uri) from None
+        return target
 
     def upload_dir(self, local_dir: str | Path, uri: str) -> list[str]:
         """Copy every file under `local_dir` to `uri` (a prefix); returns the written URIs."""
@@ -286,7 +370,7 @@ class Storage:
         root = Path(local_dir)
         for path in sorted(p for p in root.rglob("*") if p.is_file()):
             target = join(uri, path.relative_to(root).as_posix())
-            self.write_bytes(target, path.read_bytes())
+            self.upload_file(path, target)
             written.append(target)
         return written
 
@@ -296,10 +380,7 @@ class Storage:
         out = []
         for obj in self.list(base):
             rel = obj.uri[len(base):] if obj.uri.startswith(base) else Path(obj.uri).name
-            target = Path(local_dir) / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(self.read_bytes(obj.uri))
-            out.append(target)
+            out.append(self.download_file(obj.uri, Path(local_dir) / rel))
         return out
 
     def ensure_bucket(self, uri: str) -> None:

@@ -1,11 +1,19 @@
-"""Storage against a real S3 server: listing, bounded reads, and one-line errors."""
+"""Storage against a real S3 server: listing (every page), bounded reads, streamed transfers of
+large objects, and one-line errors."""
 
 from __future__ import annotations
+
+import hashlib
+import os
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from finetune_dev.devs3 import S3Server
-from finetune_contract.storage import Credentials, Storage, StorageError
+from finetune_contract.storage import MiB, Credentials, Storage, StorageError
 
 
 def test_lists_a_prefix_and_reads_objects(storage: Storage, bucket: str) -> None:
@@ -18,6 +26,75 @@ def test_lists_a_prefix_and_reads_objects(storage: Storage, bucket: str) -> None
     assert storage.read_text(f"s3://{bucket}/task/a.jsonl") == '{"x": 1}\n'
     # A key without a trailing slash that is a prefix, not an object, lists the prefix.
     assert len(storage.list(f"s3://{bucket}/task")) == 2
+
+
+def test_listing_follows_every_page(storage: Storage, bucket: str) -> None:
+    for i in range(7):
+        storage.write_text(f"s3://{bucket}/paged/{i}.jsonl", "{}\n")
+    requests: list[str] = []
+    storage.client.meta.events.register("before-call.s3.ListObjectsV2",
+                                        lambda **_: requests.append("list"))
+    storage.list_page_size = 2
+    listed = storage.list(f"s3://{bucket}/paged/")
+    assert [o.uri.rsplit("/", 1)[1] for o in listed] == [f"{i}.jsonl" for i in range(7)]
+    assert len(requests) == 4  # 2 + 2 + 2 + 1
+
+
+def _peak(fn: Callable[[], Any]) -> int:
+    """Peak bytes Python allocated (every thread) while `fn` ran."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+LARGE = 64 * MiB
+MEMORY_CAP = 16 * MiB  # a quarter of the object: holding it whole, even once, goes over
+
+
+def test_a_large_object_streams_to_and_from_disk_never_whole_in_memory(
+        storage: Storage, bucket: str, tmp_path: Path) -> None:
+    src, dst = tmp_path / "big.bin", tmp_path / "out" / "big.bin"
+    digest = hashlib.sha256()
+    with src.open("wb") as fh:
+        for _ in range(LARGE // MiB):
+            block = os.urandom(MiB)
+            digest.update(block)
+            fh.write(block)
+    uri = f"s3://{bucket}/model/big.bin"
+    up = _peak(lambda: storage.upload_file(src, uri))
+    head = storage.client.head_object(Bucket=bucket, Key="model/big.bin")
+    down = _peak(lambda: storage.download_file(uri, dst))
+    print(f"\n{LARGE // MiB} MiB object: peak Python memory upload {up / MiB:.1f} MiB, "
+          f"download {down / MiB:.1f} MiB; ETag {head['ETag']}")
+    assert head["ContentLength"] == LARGE and head["ETag"].strip('"').endswith("-8")  # 8 parts
+    assert up < MEMORY_CAP and down < MEMORY_CAP
+    with dst.open("rb") as fh:
+        assert hashlib.file_digest(fh, "sha256").hexdigest() == digest.hexdigest()
+    assert [p.name for p in dst.parent.iterdir()] == ["big.bin"]  # no temp file left behind
+    # A bounded read of the same object is refused from its size, before any byte is read.
+    refused = _peak(lambda: pytest.raises(StorageError, storage.read_bytes, uri,
+                                          max_bytes=MEMORY_CAP))
+    assert refused < MiB
+
+
+def test_transfers_fail_in_one_line(storage: Storage, bucket: str, s3_server: S3Server,
+                                    tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="object not found"):
+        storage.download_file(f"s3://{bucket}/absent.bin", tmp_path / "x")
+    with pytest.raises(StorageError, match="bucket does not exist: nosuchbucket"):
+        storage.download_file("s3://nosuchbucket/a.bin", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    # The managed upload wraps the client's error (S3UploadFailedError): still one line.
+    src = tmp_path / "a.txt"
+    src.write_text("hello")
+    bad = Storage(s3_server.endpoint, Credentials.from_env(
+        {"AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}))
+    with pytest.raises(StorageError, match="refused the credentials") as err:
+        bad.upload_file(src, f"s3://{bucket}/a.txt")
+    assert "not-the-secret" not in str(err.value) and "\n" not in str(err.value)
 
 
 def test_size_cap_is_checked_before_reading(storage: Storage, bucket: str) -> None:
