@@ -45,12 +45,24 @@ class _Model(BaseModel):
 
 
 class RunLayout(_Model):
-    """Where one run's artifacts live. `root` is an s3:// URI or a local directory."""
+    """Where one run's artifacts live. `root` is an s3:// URI or a local directory. Every path
+    of a run comes from here, on both sides (the trainer builds its layout from `--run-uri`)."""
 
     root: str
     namespace: str
     task: str
     run_id: str
+
+    @classmethod
+    def from_prefix(cls, prefix: str) -> RunLayout:
+        """The layout whose `prefix` is `prefix` (`<root>/<namespace>/<task>/<run>/`)."""
+        parts = prefix.rstrip("/").rsplit("/", 3)
+        layout = None
+        if len(parts) == 4 and all(parts):
+            layout = cls(root=parts[0], namespace=parts[1], task=parts[2], run_id=parts[3])
+        if layout is None or layout.prefix != prefix.rstrip("/") + "/":
+            raise ValueError(f"not a run prefix <root>/<namespace>/<task>/<run>/: {prefix}")
+        return layout
 
     @property
     def prefix(self) -> str:

@@ -28,7 +28,8 @@ from typing import Any, TextIO
 
 import yaml
 
-from finetune_contract import Manifest, Metrics, RunLayout, one_line
+from finetune_contract import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Manifest,
+                               Metrics, RunLayout, one_line)
 from .local_status import Row, StatusBuilder, format_table, row_for
 from .local_trainer import Progress, default_profile, run_trainer, tail, trainer_env
 from finetune_operator import policy
@@ -36,7 +37,6 @@ from finetune_operator.spec import FineTuneTaskStatus, SpecError
 from finetune_operator.status import now_iso
 from finetune_contract.storage import Credentials, Storage, StorageError, is_s3, parse_s3
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 METRICS_MAX_BYTES = 8 * 1024 * 1024
 
 

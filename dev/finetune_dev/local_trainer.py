@@ -5,7 +5,6 @@ lines drawn for a person, and a clean stop on Ctrl-C. Used by `finetune run --lo
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import signal
 import subprocess
@@ -14,21 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from finetune_contract import RunLayout, TerminationMessage
-
-PROGRESS_PREFIX = "FINETUNE_PROGRESS "
-QUIET_ENV = {"WANDB_MODE": "disabled", "AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1",
-             "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
-# Only when the base model is a local folder: a hub id must still be able to download.
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+from finetune_contract import OFFLINE_ENV, TRAINER_ENV, ProgressEvent, RunLayout, TerminationMessage
 
 
 # ---- progress -----------------------------------------------------------------------------
 
 
 class Progress:
-    """Draws the trainer's FINETUNE_PROGRESS lines: a redrawn bar on a terminal, else a line
-    per stage and per ~10% of training (logs and CI stay short)."""
+    """Draws the trainer's progress lines (the contract's ProgressEvent): a redrawn bar on a
+    terminal, else a line per stage and per ~10% of training (logs and CI stay short)."""
 
     def __init__(self, label: str, out: TextIO = sys.stderr) -> None:
         self.label, self.out = label, out
@@ -36,12 +29,11 @@ class Progress:
         self.stage: str | None = None
         self.last_tenth = -1
 
-    def update(self, event: dict[str, Any]) -> None:
-        stage = str(event.get("stage", "?"))
-        step, total = event.get("step"), event.get("maxSteps")
-        extra = " ".join(f"{k}={_short(v)}" for k, v in event.items()
-                         if k not in ("stage", "step", "maxSteps") and v is not None)
-        if isinstance(step, int) and isinstance(total, int) and total > 0:
+    def update(self, event: ProgressEvent) -> None:
+        stage, step, total = event.stage, event.step, event.max_steps
+        extra = " ".join(f"{k}={_short(v)}" for k, v in (event.model_extra or {}).items()
+                         if v is not None)
+        if step is not None and total is not None and total > 0:
             frac = min(1.0, step / total)
             bar = "#" * int(frac * 24) + "-" * (24 - int(frac * 24))
             text = f"  {self.label} {stage:<10} [{bar}] {step}/{total} {extra}".rstrip()
@@ -69,16 +61,6 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def parse_progress(line: str) -> dict[str, Any] | None:
-    if not line.startswith(PROGRESS_PREFIX):
-        return None
-    try:
-        event = json.loads(line[len(PROGRESS_PREFIX):])
-    except ValueError:
-        return None
-    return event if isinstance(event, dict) else None
-
-
 # ---- the trainer process ------------------------------------------------------------------
 
 
@@ -92,9 +74,11 @@ def default_profile(spec: Any) -> str:
 
 
 def trainer_env(endpoint: str, base_model: str) -> dict[str, str]:
-    """The user's environment wins; we add quiet defaults, offline ones for local models."""
-    defaults = {**QUIET_ENV, **(OFFLINE_ENV if Path(base_model).is_dir() else {})}
-    env = {**defaults, **os.environ, "PYTHONUNBUFFERED": "1"}
+    """The user's environment wins over the trainer's defaults (offline ones only for a local
+    model: a hub id must still download), except for unbuffered output, which the progress
+    lines need."""
+    defaults = {**TRAINER_ENV, **(OFFLINE_ENV if Path(base_model).is_dir() else {})}
+    env = {**defaults, **os.environ, "PYTHONUNBUFFERED": TRAINER_ENV["PYTHONUNBUFFERED"]}
     if endpoint:
         env["AWS_ENDPOINT_URL"] = endpoint
     return env
@@ -128,7 +112,7 @@ def run_trainer(layout: RunLayout, config_path: Path, profile: str, work: Path, 
             assert proc.stdout is not None
             for line in proc.stdout:
                 log.write(line)
-                event = parse_progress(line)
+                event = ProgressEvent.parse(line)
                 if event is not None:
                     progress.update(event)
             proc.wait()

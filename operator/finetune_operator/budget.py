@@ -8,6 +8,9 @@ Why a budget from the data and not a fixed epoch count: a 4-label task with ~275
 reached 73% exact match in 3 epochs while richer tasks reached 83-100% (DESIGN.md, measured
 pitfalls). Small-signal tasks need more passes; early stopping on the held-out split guards the
 extra steps, and the best checkpoint is what ships.
+
+The Budget model itself is the contract's (finetune_contract.budget): the trainer reads it back
+typed; the rounding of sequence_len lives there too, shared with the trainer's fit.
 """
 
 from __future__ import annotations
@@ -16,10 +19,8 @@ import math
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
-from pydantic.alias_generators import to_camel
-
-from finetune_contract import Manifest
+from finetune_contract import Budget, Manifest, round_up, sequence_len_for
+from finetune_contract.budget import SEQ_MIN, SEQ_ROUND
 
 CHARS_PER_TOKEN = 4.0
 TEMPLATE_TOKENS = 16          # role markers, newlines and end-of-turn tokens of a short chat
@@ -31,51 +32,13 @@ MIN_EPOCHS, MAX_EPOCHS = 3.0, 6.0
 MIN_STEPS, MAX_STEPS = 30, 2000
 MIN_EVALS = 10                # >= 8 evaluations even if the last cadence step falls short
 PACK_GAIN = 1.15              # pack only when it cuts computed tokens by >= ~13%
-SEQ_ROUND = 64
 MIN_STOP_FRACTION = 0.3     # early stopping cannot end a run before this share of steps
 
 Profile = Literal["gpu", "cpu"]
 
 
-class Budget(BaseModel):
-    """Every derived number, camelCase on the wire (copied into metrics.json `budget`)."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
-
-    tokens_estimated_from: str = f"characters/{CHARS_PER_TOKEN:g}"
-    train_records: int
-    validation_records: int
-    answer_tokens: int
-    record_tokens_p50: int
-    record_tokens_p95: int
-    record_tokens_max: int
-    sequence_len: int
-    records_over_sequence_len_max: str
-    sample_packing: bool
-    packing_gain_estimate: float
-    micro_batch_size: int
-    gradient_accumulation_steps: int
-    records_per_step: float
-    epochs: float
-    max_steps: int
-    eval_steps: int
-    evaluations: int
-    early_stopping_patience: int
-    earliest_stop_step: int
-    learning_rate: float
-    warmup_steps: int
-    eval_sample_packing: bool
-
-    def wire(self) -> dict[str, Any]:
-        return self.model_dump(by_alias=True)
-
-
 def tokens(chars: int | float) -> int:
     return int(math.ceil(chars / CHARS_PER_TOKEN))
-
-
-def round_up(value: float, step: int = SEQ_ROUND) -> int:
-    return int(math.ceil(max(value, 1) / step) * step)
 
 
 def model_size_billions(name: str) -> float | None:
@@ -123,17 +86,16 @@ def derive_budget(manifest: Manifest, *, model_name: str, adapter: str, profile:
 
     # sequence_len: cover every record when the longest is within 1.5x the p95, else the p95.
     if "sequence_len" in o:
-        seq = int(o["sequence_len"])
+        seq = max(SEQ_MIN, int(o["sequence_len"]))
         why["sequence_len"] = "set in spec.training.sequenceLen"
     elif tmax <= 1.5 * p95:
-        seq = round_up(tmax * 1.1)
+        seq = sequence_len_for(tmax * 1.1)
         why["sequence_len"] = (f"longest record ~{tmax} tokens (est.) is within 1.5x the p95 "
                                f"(~{p95}): +10% and rounded up to {SEQ_ROUND} covers every record")
     else:
-        seq = round_up(p95 * 1.1)
+        seq = sequence_len_for(p95 * 1.1)
         why["sequence_len"] = (f"p95 record ~{p95} tokens (est.), +10%, rounded up to {SEQ_ROUND}; "
                                f"the longest (~{tmax}) is an outlier")
-    seq = max(seq, 128)
     over = "0" if tmax <= seq else ("<= 5% of records" if p95 <= seq else "> 5% of records")
     why["records_over_sequence_len_max"] = (
         "estimate from the manifest; the trainer counts them exactly with the tokenizer and "
@@ -228,12 +190,13 @@ def derive_budget(manifest: Manifest, *, model_name: str, adapter: str, profile:
         "off (small or unpacked eval sets lose records in packed eval, axolotl #999/#1644)"))
 
     budget = Budget(
-        train_records=n_train, validation_records=n_val, answer_tokens=answer,
+        tokens_estimated_from=f"characters/{CHARS_PER_TOKEN:g}", train_records=n_train, validation_records=n_val, answer_tokens=answer,
         record_tokens_p50=p50, record_tokens_p95=p95, record_tokens_max=tmax,
         sequence_len=seq, records_over_sequence_len_max=over, sample_packing=packing,
         packing_gain_estimate=gain, micro_batch_size=mbs, gradient_accumulation_steps=gas,
         records_per_step=records_per_step, epochs=epochs, max_steps=steps, eval_steps=eval_steps,
         evaluations=evaluations, early_stopping_patience=patience, earliest_stop_step=earliest,
         learning_rate=lr, warmup_steps=warmup, eval_sample_packing=eval_packing,
+        sequence_len_set=True if "sequence_len" in o else None,
     )
     return budget, why

@@ -11,9 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-from finetune_contract import RunLayout, one_line
-
-EXIT_BAD_INPUT = 2
+from finetune_contract import EXIT_BAD_INPUT, RunLayout, one_line
 
 
 class UserError(Exception):

@@ -12,7 +12,8 @@ import math
 from typing import Any, Literal
 
 from .budget import derive_budget
-from finetune_contract import BUDGET_KEY, SEARCH_KEY, Manifest, RunLayout
+from finetune_contract import (BUDGET_KEY, SEARCH_KEY, Manifest, RunLayout, SearchCandidatePlan,
+                               SearchPlan)
 from .spec import FineTuneTaskSpec
 
 Profile = Literal["gpu", "cpu"]
@@ -143,12 +144,12 @@ def _render(spec: FineTuneTaskSpec, manifest: Manifest, layout: RunLayout,
                        "the trainer adds the measured ones")
 
     if t.search is not None:
-        cfg[SEARCH_KEY] = _search_plan(spec, manifest, budget.learning_rate)
-        plan = cfg[SEARCH_KEY]
+        plan = _search_plan(spec, manifest, budget.learning_rate)
+        cfg[SEARCH_KEY] = plan.wire()
         why[SEARCH_KEY] = (
-            f"spec.training.search: {len(plan['candidates'])} candidates, each trained on "
-            f"{manifest.train_samples - plan['selectionRecords']} train records with the same "
-            f"budget and early-stopped on a {plan['selectionRecords']}-record slice of the train "
+            f"spec.training.search: {len(plan.candidates)} candidates, each trained on "
+            f"{manifest.train_samples - plan.selection_records} train records with the same "
+            f"budget and early-stopped on a {plan.selection_records}-record slice of the train "
             "split; the lowest slice loss wins, and only the winner meets the validation split")
 
     if t.axolotl:
@@ -158,7 +159,7 @@ def _render(spec: FineTuneTaskSpec, manifest: Manifest, layout: RunLayout,
     return cfg, why
 
 
-def _search_plan(spec: FineTuneTaskSpec, manifest: Manifest, default_lr: float) -> dict[str, Any]:
+def _search_plan(spec: FineTuneTaskSpec, manifest: Manifest, default_lr: float) -> SearchPlan:
     """The candidates (learning rate x rank) and the size of the selection slice."""
     t = spec.training
     assert t.search is not None
@@ -172,11 +173,11 @@ def _search_plan(spec: FineTuneTaskSpec, manifest: Manifest, default_lr: float) 
             "add samples)")
     rates = list(dict.fromkeys(t.search.learning_rates)) or [default_lr]
     ranks = list(dict.fromkeys(t.search.lora_ranks)) or [t.lora.r]
-    candidates = [{"learningRate": lr, "loraR": r,
-                   "loraAlpha": max(1, round(r * t.lora.alpha / t.lora.r))}
+    candidates = [SearchCandidatePlan(learning_rate=lr, lora_r=r,
+                                      lora_alpha=max(1, round(r * t.lora.alpha / t.lora.r)))
                   for r in ranks for lr in rates]
-    return {"selectionFraction": t.search.selection_fraction, "selectionRecords": selection,
-            "seed": spec.dataset.seed, "candidates": candidates}
+    return SearchPlan(selection_fraction=t.search.selection_fraction, selection_records=selection,
+                      seed=spec.dataset.seed, candidates=candidates)
 
 
 def _profile_keys(cfg: dict[str, Any], why: dict[str, str], profile: Profile) -> None:

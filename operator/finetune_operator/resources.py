@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from . import API_VERSION, KIND
-from finetune_contract import RunLayout
+from finetune_contract import EXIT_BAD_INPUT, TRAINER_ENV, RunLayout
 from .settings import OperatorSettings
 from .spec import FineTuneTaskSpec
 
@@ -35,20 +35,11 @@ CONFIG_DIR = "/etc/finetune"
 CONFIG_KEY = "axolotl.yaml"
 WORK_DIR = "/work"
 TERMINATION_LOG = "/dev/termination-log"
-EXIT_BAD_INPUT = 2  # the trainer's "bad input" exit code: the Job fails without retry
 RUN_AS = 10001  # the trainer image's user (trainer-image/Dockerfile)
 MAX_NAME = 63  # Job names end up in the `job-name` pod label: a label value is at most 63 chars
 
-# Quiet, non-tracking defaults for the libraries inside the trainer.
-TRAINER_ENV = {
-    "HOME": WORK_DIR,
-    "HF_HOME": f"{WORK_DIR}/.cache/huggingface",
-    "WANDB_MODE": "disabled",
-    "DO_NOT_TRACK": "1",
-    "AXOLOTL_DO_NOT_TRACK": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "PYTHONUNBUFFERED": "1",
-}
+# The pod's writable home and caches, then the contract's trainer env (quiet, unbuffered).
+JOB_ENV = {"HOME": WORK_DIR, "HF_HOME": f"{WORK_DIR}/.cache/huggingface", **TRAINER_ENV}
 
 
 @dataclass(frozen=True)
@@ -127,7 +118,7 @@ def _env(spec: FineTuneTaskSpec, settings: OperatorSettings) -> list[dict[str, A
     if endpoint:
         env.append({"name": "AWS_ENDPOINT_URL", "value": endpoint})
     env.append({"name": "AWS_DEFAULT_REGION", "value": spec.storage.region})
-    env += [{"name": k, "value": v} for k, v in TRAINER_ENV.items()]
+    env += [{"name": k, "value": v} for k, v in JOB_ENV.items()]
     return env
 
 

@@ -1,6 +1,9 @@
-"""The run contract: layout paths, termination message size and round trip."""
+"""The run contract: layout paths (and the layout from a prefix), termination message size
+and round trip."""
 
 from __future__ import annotations
+
+import pytest
 
 from finetune_contract import (
     TERMINATION_LOG_LIMIT,
@@ -19,6 +22,21 @@ def test_layout_puts_every_artifact_under_the_run_prefix() -> None:
         assert uri.startswith(layout.prefix)
     assert layout.train.endswith("data/train.jsonl")
     assert layout.metrics.endswith("/metrics.json")
+
+
+@pytest.mark.parametrize("prefix", [
+    "s3://adapters/ml/triage/r1234abcd/", "s3://adapters/runs/ml/triage/r1", "/tmp/out/ml/t/r2/",
+])
+def test_the_trainer_rebuilds_the_layout_from_its_run_prefix(prefix: str) -> None:
+    layout = RunLayout.from_prefix(prefix)
+    assert layout.prefix == prefix.rstrip("/") + "/"
+    assert layout.metrics == layout.prefix + "metrics.json"
+
+
+@pytest.mark.parametrize("prefix", ["s3://bucket/run/", "s3://b/t/r/", "ns/task/", "s3://a//t/r/"])
+def test_a_prefix_that_is_not_a_run_is_refused(prefix: str) -> None:
+    with pytest.raises(ValueError, match="not a run prefix"):
+        RunLayout.from_prefix(prefix)
 
 
 def test_termination_message_round_trips_and_stays_under_the_kubernetes_limit() -> None:

@@ -9,11 +9,24 @@ from typing import Any
 
 import pytest
 
-from finetune_contract import EvalPoint
+import yaml
+
+from finetune_contract import (BUDGET_KEY, PROGRESS_PREFIX, SEARCH_KEY, Budget, EvalPoint,
+                               ProgressEvent, SearchPlan)
 from finetune_trainer.errors import TrainerError
 from finetune_trainer.fetch import parse_records, write_parquet
 from finetune_trainer.report import verdicts
 from finetune_trainer.train import CPU_SAFE, local_config
+
+
+BUDGET = Budget(
+    tokens_estimated_from="characters/4", train_records=120, validation_records=30,
+    answer_tokens=400, record_tokens_p50=40, record_tokens_p95=60, record_tokens_max=80,
+    sequence_len=128, records_over_sequence_len_max="0", sample_packing=False,
+    packing_gain_estimate=1.0, micro_batch_size=4, gradient_accumulation_steps=1,
+    records_per_step=4.0, epochs=3.0, max_steps=90, eval_steps=9, evaluations=10,
+    early_stopping_patience=2, earliest_stop_step=27, learning_rate=5e-4, warmup_steps=4,
+    eval_sample_packing=False)
 
 
 def _jsonl(*records: Any) -> bytes:
@@ -90,20 +103,43 @@ def test_verdicts(losses: tuple[float, ...], stopped: bool, base: float, tuned: 
     assert (v.overfit, v.no_gain) == (overfit, no_gain)
 
 
-@pytest.mark.parametrize(("config", "budget", "lengths", "expect"), [
-    ({"sequence_len": 128}, {"sequenceLen": 128}, [100, 120], 128),      # fits: unchanged
-    ({"sequence_len": 128}, {"sequenceLen": 128}, [100, 200], 256),      # derived: raised to fit
-    ({"sequence_len": 128}, {"sequenceLen": 512}, [100, 200], 128),      # user-set: kept
-    ({"sequence_len": 128, "sample_packing": True}, {"sequenceLen": 128}, [130], 192),
-    ({"sequence_len": 128}, {"sequenceLen": 128}, [20000], 8192),        # capped
+@pytest.mark.parametrize(("configured", "budget", "longest", "expect"), [
+    (128, {"sequence_len": 128}, 120, 128),                          # fits: unchanged
+    (128, {"sequence_len": 128}, 200, 256),                          # derived: raised to fit
+    (128, {"sequence_len": 512}, 200, 128),                          # axolotl override: kept
+    (128, {"sequence_len": 128, "sequence_len_set": True}, 200, 128),  # spec.training: kept
+    (128, {"sequence_len": 128, "sample_packing": True}, 130, 192),
+    (128, {"sequence_len": 128}, 20000, 8192),                       # capped
+    (9000, {"sequence_len": 9000}, 20000, 9000),                     # the cap never lowers it
 ])
-def test_sequence_len_fits_every_measured_record(config, budget, lengths, expect) -> None:
-    from types import SimpleNamespace
+def test_sequence_len_fits_every_measured_record(configured: int, budget: dict[str, Any],
+                                                 longest: int, expect: int) -> None:
+    b = BUDGET.model_copy(update=budget)
+    assert b.fitted_sequence_len(configured, longest) == expect
 
-    from finetune_trainer.train import fitted_sequence_len
 
-    encoded = [SimpleNamespace(input_ids=[0] * n) for n in lengths]
-    assert fitted_sequence_len(config, budget, encoded) == expect
+def test_the_trainer_reads_the_budget_and_plan_the_operator_rendered(tmp_path: Path) -> None:
+    """Typed on both sides: the rendered config's keys parse with the contract's models."""
+    from tests.unit.test_render import render
+
+    cfg = yaml.safe_load(yaml.safe_dump(render({"search": {"learningRates": [1e-4, 5e-4]}})))
+    budget = Budget.model_validate(cfg[BUDGET_KEY])
+    plan = SearchPlan.model_validate(cfg[SEARCH_KEY])
+    assert budget.sequence_len == cfg["sequence_len"] and budget.max_steps == cfg["max_steps"]
+    assert [c.learning_rate for c in plan.candidates] == [1e-4, 5e-4]
+    assert budget.wire() == cfg[BUDGET_KEY] and plan.wire() == cfg[SEARCH_KEY]
+    assert not budget.sequence_len_set
+    assert Budget.model_validate(render({"sequenceLen": 512})[BUDGET_KEY]).sequence_len_set
+
+
+def test_a_budget_that_is_not_the_operators_is_bad_config() -> None:
+    from finetune_trainer.fetch import _ours
+
+    with pytest.raises(TrainerError) as err:
+        _ours({BUDGET_KEY: {"maxSteps": "many"}}, BUDGET_KEY, Budget, "s3://b/config.yaml")
+    assert err.value.reason == "BadConfig" and err.value.bad_input
+    assert "\n" not in str(err.value)
+    assert _ours({}, BUDGET_KEY, Budget, "x") is None
 
 
 def test_exact_match_decoding_stops_at_the_first_wrong_token() -> None:
@@ -132,4 +168,18 @@ def test_stage_clock_adds_up_repeated_stages(capsys: pytest.CaptureFixture[str])
         time.sleep(0.02)
     seconds = clock.seconds()
     assert set(seconds) == {"fetch", "train"} and seconds["fetch"] >= 0.04 and seconds["train"] >= 0.02
-    assert capsys.readouterr().out.count("FINETUNE_PROGRESS") == 3
+    lines = capsys.readouterr().out.splitlines()
+    assert [e.stage for e in map(ProgressEvent.parse, lines) if e] == ["fetch", "train", "fetch"]
+
+
+def test_progress_lines_round_trip_through_the_contract(capsys: pytest.CaptureFixture[str]) -> None:
+    from finetune_trainer.train import progress
+
+    progress("eval", step=12, maxSteps=48, evalLoss=0.5)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(PROGRESS_PREFIX)
+    event = ProgressEvent.parse(line)
+    assert event is not None and (event.stage, event.step, event.max_steps) == ("eval", 12, 48)
+    assert event.model_extra == {"evalLoss": 0.5}
+    assert ProgressEvent.parse("{} loss 0.3") is None
+    assert ProgressEvent.parse(PROGRESS_PREFIX + "not json") is None

@@ -2,8 +2,9 @@
 
 Steps: fetch (verified) -> evaluate base -> train with Axolotl -> evaluate the best adapter with
 the same evaluator -> upload adapter, metrics.json, COMPLETE -> termination message.
-Exit 0 ok; 2 bad input (no retry: the Job's podFailurePolicy fails it); 1 anything else.
-Every failure is one line on stderr and in the termination log; the full log stays in the work dir.
+Exit codes are the contract's: EXIT_OK; EXIT_BAD_INPUT (no retry: the Job's podFailurePolicy
+fails it); EXIT_FAILED anything else. Every failure is one line on stderr and in the termination
+log; the full log stays in the work dir.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import time
 import traceback
 from pathlib import Path
 
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-QUIET_ENV = {"WANDB_MODE": "disabled", "AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1",
-             "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"}
+from finetune_contract import (EXIT_FAILED, EXIT_OK, EXIT_TERMINATED, OFFLINE_ENV, TRAINER_ENV,
+                               MeasuredBudget, RunLayout)
+
+from .errors import TrainerError, bad_input
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -41,21 +43,20 @@ def write_termination(path: str, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.update(QUIET_ENV)
+    os.environ.update(TRAINER_ENV)
     # SIGTERM (pod deletion, local runner) unwinds like Ctrl-C so the Axolotl child is reaped.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_TERMINATED))
     from finetune_contract import TerminationMessage, one_line
-    from finetune_contract.storage import StorageError, join
-
-    from .errors import EXIT_RETRYABLE, TrainerError
+    from finetune_contract.storage import StorageError
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="finetune-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        metrics = run(args, work)
+        layout = _layout(args.run_uri)
+        metrics = run(args, layout, work)
     except (TrainerError, StorageError) as err:
         reason = getattr(err, "reason", "Storage")
-        code = err.exit_code if isinstance(err, TrainerError) else EXIT_RETRYABLE
+        code = err.exit_code if isinstance(err, TrainerError) else EXIT_FAILED
         message = TerminationMessage(ok=False, reason=reason, message=str(err))
         write_termination(args.termination_log, message.encode())
         print(f"finetune-trainer: {reason}: {one_line(str(err))}", file=sys.stderr, flush=True)
@@ -66,19 +67,25 @@ def main(argv: list[str] | None = None) -> int:
         write_termination(args.termination_log,
                           TerminationMessage(ok=False, reason="Internal", message=text).encode())
         print(f"finetune-trainer: Internal: {one_line(text)}", file=sys.stderr, flush=True)
-        return EXIT_RETRYABLE
+        return EXIT_FAILED
     summary = (f"eval loss {metrics.base_eval_loss:.4f} -> {metrics.eval_loss:.4f} "
                f"({metrics.improvement:+.1%}), best step {metrics.best_step}")
     write_termination(args.termination_log, TerminationMessage(
         ok=True, reason="Succeeded", message=summary, base_eval_loss=metrics.base_eval_loss,
-        eval_loss=metrics.eval_loss, metrics_uri=join(args.run_uri, "metrics.json")).encode())
+        eval_loss=metrics.eval_loss, metrics_uri=layout.metrics).encode())
     print(f"finetune-trainer: {summary}", file=sys.stderr, flush=True)
-    return 0
+    return EXIT_OK
 
 
-def run(args: argparse.Namespace, work: Path):  # type: ignore[no-untyped-def]
-    from finetune_contract import BUDGET_KEY, SEARCH_KEY
-    from finetune_contract.storage import Storage, join
+def _layout(run_uri: str) -> RunLayout:
+    try:
+        return RunLayout.from_prefix(run_uri)
+    except ValueError as err:
+        raise bad_input("BadRunUri", f"--run-uri: {err}") from None
+
+
+def run(args: argparse.Namespace, layout: RunLayout, work: Path):  # type: ignore[no-untyped-def]
+    from finetune_contract.storage import Storage
 
     from . import evaluate, fetch, report, search, train
 
@@ -86,11 +93,11 @@ def run(args: argparse.Namespace, work: Path):  # type: ignore[no-untyped-def]
     clock = train.StageClock()
     storage = Storage()
     clock.enter("fetch", step=0, maxSteps=0)
-    inputs = fetch.fetch_run(storage, args.run_uri, args.config, work)
+    inputs = fetch.fetch_run(storage, layout, args.config, work)
     shape = inputs.manifest.record_shape
     model_name = str(inputs.config.get("base_model") or "")
     if not model_name:
-        raise fetch.bad_input("BadConfig", "the config has no base_model")
+        raise bad_input("BadConfig", "the config has no base_model")
     model_dir = fetch.fetch_model(storage, model_name, str(inputs.config.get("revision_of_model") or ""),
                                   work)
     os.environ.update(OFFLINE_ENV)  # everything is local from here on
@@ -105,36 +112,39 @@ def run(args: argparse.Namespace, work: Path):  # type: ignore[no-untyped-def]
         encoded_train = [evaluate.encode(tokenizer, r, shape) for r in inputs.train_records]
         encoded_validation = [evaluate.encode(tokenizer, r, shape) for r in inputs.validation_records]
     except Exception as err:  # noqa: BLE001 - jinja raises its own types (e.g. role order)
-        raise fetch.bad_input("BadChatTemplate", f"the base model's chat template cannot render "
-                                                 f"a record: {err}") from None
-    budget = dict(inputs.config.get(BUDGET_KEY) or {})
-    seq_len = train.fitted_sequence_len(inputs.config, budget, encoded_train + encoded_validation)
-    if seq_len != int(inputs.config.get("sequence_len") or 0):
-        print(f"finetune-trainer: sequence_len {inputs.config.get('sequence_len')} (estimated from "
-              f"characters) raised to {seq_len} to fit every record measured with the tokenizer",
+        raise bad_input("BadChatTemplate", f"the base model's chat template cannot render "
+                                           f"a record: {err}") from None
+    budget = inputs.budget
+    configured = int(inputs.config.get("sequence_len") or 0)
+    longest = max((len(e.input_ids) for e in encoded_train + encoded_validation), default=0)
+    seq_len = budget.fitted_sequence_len(configured, longest) if budget else configured
+    if seq_len != configured:
+        print(f"finetune-trainer: sequence_len {configured} (estimated from characters) raised "
+              f"to {seq_len} to fit every record measured with the tokenizer",
               file=sys.stderr, flush=True)
-        budget["sequenceLenFitted"] = seq_len
         inputs.config["sequence_len"] = seq_len
-    budget.update(_measured(encoded_train, seq_len, notes, profile))
+    measured = _measured(encoded_train, seq_len, notes, profile, train.min_delta())
+    earliest = budget.earliest_stop_step if budget else 0
 
     max_steps = int(inputs.config.get("max_steps") or 0)
     clock.enter("evaluate-base", step=0, maxSteps=max_steps)
     base = evaluate.evaluate(model_dir, tokenizer, inputs.validation_records, shape)
-    plan = inputs.config.get(SEARCH_KEY)
+    plan = inputs.search
     outcome, trained_idx, extra = None, range(len(encoded_train)), {}
     clock.enter("search" if plan else "train", step=0, maxSteps=max_steps)
     if plan:
         outcome = search.run_search(plan, inputs.config, records=inputs.train_records, shape=shape,
                                     model_dir=model_dir, tokenizer=tokenizer,
-                                    tokenizer_dir=tokenizer_dir, work=work, profile=profile)
+                                    tokenizer_dir=tokenizer_dir, work=work, profile=profile,
+                                    earliest_stop_step=earliest)
         result, cfg, trained_idx = outcome.result, outcome.config, outcome.fit_indices
-        extra = {"search/selection.jsonl": outcome.selection_jsonl}
+        extra = {layout.selection: outcome.selection_jsonl}
     else:
         cfg = train.local_config(inputs.config, model_dir=model_dir, tokenizer_dir=tokenizer_dir,
                                  train_parquet=inputs.train_parquet,
                                  validation_parquet=inputs.validation_parquet, work=work,
                                  profile=profile)
-        result = train.run_axolotl(cfg, work, earliest_stop_step=int(budget.get("earliestStopStep") or 0))
+        result = train.run_axolotl(cfg, work, earliest_stop_step=earliest)
     step = int(result.state.get("global_step") or 0)
     clock.enter("evaluate-tuned", step=step, maxSteps=max_steps)
     tuned = evaluate.evaluate(model_dir, tokenizer, inputs.validation_records, shape,
@@ -142,19 +152,23 @@ def run(args: argparse.Namespace, work: Path):  # type: ignore[no-untyped-def]
                               with_exact_match=base.exact_match is not None)
     real_tokens = sum(n for n in (len(encoded_train[i].input_ids) for i in trained_idx)
                       if not seq_len or n <= seq_len)
+    # metrics.json `budget`: the operator's budget with what the trainer fitted and measured.
+    reported = ({"measured": measured.wire()} if budget is None else budget.model_copy(update={
+        "measured": measured, "sequence_len_fitted": seq_len if seq_len != configured else None,
+    }).wire())
     metrics = report.build_metrics(
         run_id=inputs.manifest.run_id, base=base, tuned=tuned, state=result.state, config=cfg,
-        budget=budget, wall_seconds=time.monotonic() - started,
-        adapter_uri=join(args.run_uri, "adapter/"),
+        budget=reported, wall_seconds=time.monotonic() - started, adapter_uri=layout.adapter,
         adapter_digest=report.adapter_digest(result.best_checkpoint), real_train_tokens=real_tokens,
         search=outcome.report if outcome else None, stage_seconds=clock.seconds())
     clock.enter("upload", step=step, maxSteps=max_steps)
-    report.upload(storage, args.run_uri, result.best_checkpoint, metrics, extra)
+    report.upload(storage, layout, result.best_checkpoint, metrics, extra)
     clock.enter("done", step=step, maxSteps=max_steps)
     return metrics
 
 
-def _measured(encoded: list, seq_len: int, notes: list[str], profile: str) -> dict:  # type: ignore[type-arg]
+def _measured(encoded: list, seq_len: int, notes: list[str], profile: str,  # type: ignore[type-arg]
+              min_delta: float) -> MeasuredBudget:
     """Budget facts measured with the real tokenizer (the render only estimated them)."""
     lengths = sorted(len(e.input_ids) for e in encoded)
     answers = sum(sum(1 for x in e.labels if x != -100) for e in encoded)
@@ -162,11 +176,11 @@ def _measured(encoded: list, seq_len: int, notes: list[str], profile: str) -> di
     if over:
         print(f"finetune-trainer: {over} train record(s) longer than sequence_len {seq_len} "
               "are dropped by axolotl", file=sys.stderr, flush=True)
-    return {"measured": {
-        "recordTokensP50": lengths[len(lengths) // 2], "recordTokensP95": lengths[int(0.95 * (len(lengths) - 1))],
-        "recordTokensMax": lengths[-1], "answerTokens": answers, "recordsOverSequenceLen": over,
-        "tokenizerNotes": notes, "profile": profile,
-        "earlyStoppingMinDelta": float(os.environ.get("FINETUNE_EARLY_STOPPING_MIN_DELTA") or 0.005)}}
+    return MeasuredBudget(
+        record_tokens_p50=lengths[len(lengths) // 2],
+        record_tokens_p95=lengths[int(0.95 * (len(lengths) - 1))], record_tokens_max=lengths[-1],
+        answer_tokens=answers, records_over_sequence_len=over, tokenizer_notes=notes,
+        profile=profile, early_stopping_min_delta=min_delta)
 
 
 if __name__ == "__main__":

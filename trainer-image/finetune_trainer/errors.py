@@ -1,11 +1,10 @@
 """One error type for the trainer: a CamelCase reason, a one-line message, and whether the input
-is at fault (exit 2: the Job's podFailurePolicy fails it without retry) or not (exit 1)."""
+is at fault (EXIT_BAD_INPUT: the Job's podFailurePolicy fails it without retry) or not
+(EXIT_FAILED). The codes are the contract's (finetune_contract.process)."""
 
 from __future__ import annotations
 
-from finetune_contract import one_line
-
-EXIT_OK, EXIT_RETRYABLE, EXIT_BAD_INPUT = 0, 1, 2
+from finetune_contract import EXIT_BAD_INPUT, EXIT_FAILED, one_line
 
 
 class TrainerError(Exception):
@@ -16,7 +15,7 @@ class TrainerError(Exception):
 
     @property
     def exit_code(self) -> int:
-        return EXIT_BAD_INPUT if self.bad_input else EXIT_RETRYABLE
+        return EXIT_BAD_INPUT if self.bad_input else EXIT_FAILED
 
 
 def bad_input(reason: str, message: str) -> TrainerError:

@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from finetune_contract import Manifest
-from finetune_contract.storage import Storage, StorageError, is_s3, join
+from finetune_contract import BUDGET_KEY, SEARCH_KEY, Budget, Manifest, RunLayout, SearchPlan
+from finetune_contract.storage import Storage, StorageError, is_s3
 
 from .errors import TrainerError, bad_input
 
@@ -37,6 +37,8 @@ def log(message: str) -> None:
 class RunInputs:
     manifest: Manifest
     config: dict[str, Any]
+    budget: Budget | None        # config `finetune_budget`, absent from a hand-written config
+    search: SearchPlan | None    # config `finetune_search`, with spec.training.search
     train_records: list[dict[str, Any]]
     validation_records: list[dict[str, Any]]
     train_parquet: Path
@@ -108,23 +110,22 @@ def write_parquet(records: list[dict[str, Any]], shape: str, path: Path) -> Path
     return path
 
 
-def fetch_run(storage: Storage, run_uri: str, config_uri: str | None, work: Path) -> RunInputs:
-    """Manifest, verified splits and config of the run at `run_uri`."""
-    manifest_uri = join(run_uri, "data/manifest.json")
+def fetch_run(storage: Storage, layout: RunLayout, config_uri: str | None, work: Path) -> RunInputs:
+    """Manifest, verified splits and config of the run at `layout`."""
     try:
-        manifest = Manifest.model_validate_json(_read(storage, manifest_uri, "manifest"))
+        manifest = Manifest.model_validate_json(_read(storage, layout.manifest, "manifest"))
     except ValueError as err:
-        raise bad_input("BadManifest", f"{manifest_uri}: not a valid manifest: {err}") from None
+        raise bad_input("BadManifest", f"{layout.manifest}: not a valid manifest: {err}") from None
     splits = {}
-    for name, digest in (("train", manifest.train), ("validation", manifest.validation)):
-        uri = join(run_uri, f"data/{name}.jsonl")
+    for name, uri, digest in (("train", layout.train, manifest.train),
+                              ("validation", layout.validation, manifest.validation)):
         data = _read(storage, uri, f"{name} split")
         actual = hashlib.sha256(data).hexdigest()
         if actual != digest.sha256:
             raise bad_input("SplitMismatch", f"{uri}: sha256 {actual[:12]} does not match the "
                                              f"manifest's {digest.sha256[:12]}: re-prepare the run")
         splits[name] = parse_records(data, manifest.record_shape, f"{name}.jsonl")
-    config_uri = config_uri or join(run_uri, "config/axolotl.yaml")
+    config_uri = config_uri or layout.config
     try:
         config = yaml.safe_load(_read(storage, config_uri, "config"))
     except yaml.YAMLError as err:
@@ -133,11 +134,24 @@ def fetch_run(storage: Storage, run_uri: str, config_uri: str | None, work: Path
         raise bad_input("BadConfig", f"{config_uri}: not a mapping")
     shape = manifest.record_shape
     return RunInputs(
-        manifest=manifest, config=config, train_records=splits["train"],
-        validation_records=splits["validation"],
+        manifest=manifest, config=config,
+        budget=_ours(config, BUDGET_KEY, Budget, config_uri),
+        search=_ours(config, SEARCH_KEY, SearchPlan, config_uri),
+        train_records=splits["train"], validation_records=splits["validation"],
         train_parquet=write_parquet(splits["train"], shape, work / "data/train.parquet"),
         validation_parquet=write_parquet(splits["validation"], shape, work / "data/validation.parquet"),
     )
+
+
+def _ours(config: dict[str, Any], key: str, model: Any, config_uri: str) -> Any:
+    """One of our config keys, parsed with the contract's model (None when absent)."""
+    if config.get(key) is None:
+        return None
+    try:
+        return model.model_validate(config[key])
+    except ValueError as err:  # pydantic's ValidationError
+        raise bad_input("BadConfig", f"{config_uri}: {key} is not the operator's "
+                                     f"{model.__name__}: {err}") from None
 
 
 def _has_weights(path: Path) -> bool:

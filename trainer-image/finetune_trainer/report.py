@@ -13,8 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from finetune_contract import EvalPoint, ExactMatch, Metrics, TrainPoint, Verdicts
-from finetune_contract.storage import Storage, join
+from finetune_contract import EvalPoint, ExactMatch, Metrics, RunLayout, TrainPoint, Verdicts
+from finetune_contract.storage import Storage
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json",
                  "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
@@ -101,19 +101,20 @@ def _last(state: dict[str, Any], key: str) -> int | None:
 
 
 def adapter_digest(adapter_dir: Path) -> str:
-    return hashlib.sha256((adapter_dir / "adapter_model.safetensors").read_bytes()).hexdigest()
+    with (adapter_dir / "adapter_model.safetensors").open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def upload(storage: Storage, run_uri: str, adapter_dir: Path, metrics: Metrics,
+def upload(storage: Storage, layout: RunLayout, adapter_dir: Path, metrics: Metrics,
            extra: dict[str, bytes] | None = None) -> None:
-    """Adapter files (and `extra` run files) first, metrics.json next, COMPLETE last: a reader
-    never sees a half run."""
-    for rel, data in (extra or {}).items():
-        storage.write_bytes(join(run_uri, rel), data)
-    target = join(run_uri, "adapter")
+    """`extra` run files (URIs of `layout`) and the adapter files first, metrics.json next,
+    COMPLETE last: a reader never sees a half run. Adapter files stream from disk (multipart
+    when large), never whole in memory."""
+    for uri, data in (extra or {}).items():
+        storage.write_bytes(uri, data)
     for name in ADAPTER_FILES:
         path = adapter_dir / name
         if path.is_file():
-            storage.write_bytes(join(target, name), path.read_bytes())
-    storage.write_text(join(run_uri, "metrics.json"), metrics.to_json(), "application/json")
-    storage.write_text(join(run_uri, "COMPLETE"), metrics.run_id + "\n")
+            storage.upload_file(path, layout.adapter + name)
+    storage.write_text(layout.metrics, metrics.to_json(), "application/json")
+    storage.write_text(layout.complete_marker, metrics.run_id + "\n")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune_contract import BUDGET_KEY, SEARCH_KEY, SearchCandidate, SearchReport
+from finetune_contract import SEARCH_KEY, SearchCandidate, SearchPlan, SearchReport
 
 from . import evaluate, train
 from .errors import bad_input
@@ -75,15 +75,15 @@ class SearchOutcome:
     selection_jsonl: bytes
 
 
-def run_search(plan: dict[str, Any], config: dict[str, Any], *, records: list[dict[str, Any]],
+def run_search(plan: SearchPlan, config: dict[str, Any], *, records: list[dict[str, Any]],
                shape: str, model_dir: Path, tokenizer: Any, tokenizer_dir: Path, work: Path,
-               profile: str) -> SearchOutcome:
-    """Train every candidate of `plan` (the rendered finetune_search) and return the winner."""
-    candidates_plan = list(plan.get("candidates") or [])
+               profile: str, earliest_stop_step: int = 0) -> SearchOutcome:
+    """Train every candidate of `plan` (the rendered finetune_search) and return the winner;
+    each candidate stops early no sooner than the budget's `earliest_stop_step`."""
+    candidates_plan = plan.candidates
     if len(candidates_plan) < 2:
         raise bad_input("BadConfig", f"{SEARCH_KEY} needs at least 2 candidates")
-    fit_idx, sel_idx = carve_selection(records, int(plan.get("selectionRecords") or 0),
-                                       int(plan.get("seed") or 0), shape)
+    fit_idx, sel_idx = carve_selection(records, plan.selection_records, plan.seed, shape)
     if not sel_idx or not fit_idx:
         raise bad_input("BadConfig", f"{SEARCH_KEY}: the selection slice of {len(records)} train "
                                      "records leaves one side empty")
@@ -93,11 +93,10 @@ def run_search(plan: dict[str, Any], config: dict[str, Any], *, records: list[di
     selection_parquet = write_parquet(selection, shape, work / "search" / "selection.parquet")
     selection_jsonl = jsonl(selection)
 
-    earliest = int((config.get(BUDGET_KEY) or {}).get("earliestStopStep") or 0)
     scored: list[SearchCandidate] = []
     runs: list[tuple[train.TrainResult, dict[str, Any]]] = []
     for i, cand in enumerate(candidates_plan):
-        lr, rank, alpha = float(cand["learningRate"]), int(cand["loraR"]), int(cand["loraAlpha"])
+        lr, rank, alpha = cand.learning_rate, cand.lora_r, cand.lora_alpha
         train.progress("search", step=0, maxSteps=int(config.get("max_steps") or 0),
                        candidate=f"{i + 1}/{len(candidates_plan)}", learningRate=lr, loraR=rank)
         cand_work = work / "search" / f"candidate-{i}"
@@ -107,7 +106,7 @@ def run_search(plan: dict[str, Any], config: dict[str, Any], *, records: list[di
                                  train_parquet=fit_parquet, validation_parquet=selection_parquet,
                                  work=cand_work, profile=profile)
         started = time.monotonic()
-        result = train.run_axolotl(cfg, cand_work, earliest_stop_step=earliest)
+        result = train.run_axolotl(cfg, cand_work, earliest_stop_step=earliest_stop_step)
         score = evaluate.evaluate(model_dir, tokenizer, selection, shape,
                                   adapter_dir=result.best_checkpoint, with_exact_match=False)
         best = result.best_checkpoint.name.split("-")[-1]

@@ -18,15 +18,11 @@ from typing import Any
 from axolotl.integrations.base import BasePlugin
 from transformers import EarlyStoppingCallback, TrainerCallback
 
-from .train import EARLIEST_STOP_ENV  # the budget's floor: no stop of ours before it
+# EARLIEST_STOP_ENV: the budget's floor, no stop of ours before it; min_delta(): the gain that
+# counts (train.py owns both: the trainer reports the minimum delta in metrics.json).
+from .train import EARLIEST_STOP_ENV, min_delta
 
-MIN_DELTA_ENV = "FINETUNE_EARLY_STOPPING_MIN_DELTA"
-DEFAULT_MIN_DELTA = 0.005
 PLUGIN = "finetune_trainer.stopping.MinDeltaStoppingPlugin"
-
-
-def min_delta() -> float:
-    return float(os.environ.get(MIN_DELTA_ENV) or DEFAULT_MIN_DELTA)
 
 
 class SolvedStopping(TrainerCallback):

@@ -2,7 +2,8 @@
 
 `axolotl train CONFIG --launcher python` in a subprocess: its memory is gone before the tuned
 evaluation loads the model again, and a crash inside it cannot take the trainer's reporting
-down with it. Progress is parsed from its output and re-emitted as FINETUNE_PROGRESS lines.
+down with it. Progress is parsed from its output and re-emitted as the contract's progress
+lines (finetune_contract.ProgressEvent).
 `trainer_state.json` lives only inside the `checkpoint-N/` folders: the one of the last
 checkpoint names the best checkpoint and holds the whole log history.
 """
@@ -22,11 +23,13 @@ from typing import Any
 
 import yaml
 
-from finetune_contract import CONFIG_KEY_PREFIX
+from finetune_contract import CONFIG_KEY_PREFIX, ProgressEvent
 
 from .errors import TrainerError, bad_input
 
 EARLIEST_STOP_ENV = "FINETUNE_EARLIEST_STOP_STEP"  # read by stopping.py inside Axolotl
+MIN_DELTA_ENV = "FINETUNE_EARLY_STOPPING_MIN_DELTA"  # read by stopping.py, reported in the budget
+DEFAULT_MIN_DELTA = 0.005
 CPU_SAFE = {"bf16": False, "fp16": False, "tf32": False, "attn_implementation": "sdpa",
             "sdpa_varlen": False, "lora_mlp_kernel": False, "lora_qkv_kernel": False,
             "lora_o_kernel": False, "lora_embedding_kernel": False, "load_in_4bit": False,
@@ -36,7 +39,13 @@ _EVAL = re.compile(r"'eval_loss': '?([0-9.eE+-]+)")
 
 
 def progress(stage: str, **fields: Any) -> None:
-    print("FINETUNE_PROGRESS " + json.dumps({"stage": stage, **fields}), flush=True)
+    """One progress line on stdout (the contract's ProgressEvent: stage, step, maxSteps, extras)."""
+    print(ProgressEvent(stage=stage, **fields).line(), flush=True)
+
+
+def min_delta() -> float:
+    """The early-stopping minimum delta (stopping.py applies it; metrics.json reports it)."""
+    return float(os.environ.get(MIN_DELTA_ENV) or DEFAULT_MIN_DELTA)
 
 
 class StageClock:
@@ -87,28 +96,6 @@ def local_config(config: dict[str, Any], *, model_dir: Path, tokenizer_dir: Path
     return cfg
 
 
-SEQ_ROUND, SEQ_CAP = 64, 8192
-
-
-def fitted_sequence_len(config: dict[str, Any], budget: dict[str, Any], encoded: list[Any]) -> int:
-    """sequence_len that holds every record as the real tokenizer counts it.
-
-    The operator renders sequence_len from character counts (it loads no tokenizer); digits,
-    JSON and non-English text take more tokens per character than it assumes, and Axolotl drops
-    records longer than sequence_len, which can empty the validation split. So a derived value
-    (equal to the budget's) is raised to the measured longest record; a sequence_len the user
-    set (spec.training.sequenceLen or the axolotl overrides) is kept as they asked.
-    """
-    current = int(config.get("sequence_len") or 0)
-    derived = int(budget.get("sequenceLen") or 0)
-    longest = max((len(e.input_ids) for e in encoded), default=0)
-    if not current or current != derived or longest <= current:
-        return current
-    if config.get("sample_packing"):
-        longest = max(longest, current)  # packs stay at least as long as rendered
-    return min(SEQ_CAP, -(-longest // SEQ_ROUND) * SEQ_ROUND)
-
-
 @dataclass
 class TrainResult:
     best_checkpoint: Path
@@ -149,7 +136,7 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
 
 def _follow(proc: subprocess.Popen[bytes], logf: Any, tail: collections.deque[str],
             max_steps: int) -> None:
-    """Copy Axolotl's output to the log; turn its progress bars into FINETUNE_PROGRESS lines."""
+    """Copy Axolotl's output to the log; turn its progress bars into progress lines."""
     last_step = -1
     assert proc.stdout is not None
     buf = b""
