@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -26,20 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from finetune_dev.cluster import install
 from finetune_dev.cluster.controlplane import ControlPlane, free_port
+from finetune_dev.cluster.install import (CHART, CRD_FILE, HELM, KUBECTL, OPERATOR_NAMESPACE,
+                                          RELEASE, Identity, chart_rbac, render_chart)
 from finetune_dev.cluster.node import Outcome, PodContext
+from finetune_dev.cluster.operator_process import OperatorProcess
 from finetune_operator import GROUP, PLURAL, VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD_FILE = ROOT / "crds" / "finetunetasks.finetune.v-sekai.org.yaml"
-CHART = ROOT / "helm" / "finetune-operator"
-OPERATOR_NAMESPACE = "finetune-system"
-RELEASE = "finetune"
-KUBECTL = str(Path(sys.executable).parent / "kubectl")
-HELM = str(ROOT / ".tools" / "bin" / "helm")
-__all__ = ["free_port"]
+__all__ = ["CHART", "CRD_FILE", "HELM", "KUBECTL", "OPERATOR_NAMESPACE", "RELEASE", "Identity",
+           "OperatorProcess", "chart_rbac", "free_port", "render_chart"]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition",
@@ -171,14 +164,10 @@ class Cluster:
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True
                 ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([KUBECTL, f"--kubeconfig={self.kubeconfig}", *args], input=input,
-                              capture_output=True, text=True, timeout=120)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
-        return proc
+        return install.kubectl(self.kubeconfig, *args, input=input, check=check)
 
     def apply(self, docs: Iterable[dict[str, Any]], *extra: str) -> None:
-        self.kubectl("apply", *extra, "-f", "-", input=yaml.safe_dump_all(list(docs)))
+        install.apply(self.kubeconfig, docs, *extra)
 
     @staticmethod
     def _raw(resp: Any) -> Any:
@@ -275,118 +264,14 @@ class Cluster:
 # ---- installing what the chart ships, and the operator's identity -----------------------------
 
 def install_crd(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    f"crd/{PLURAL}.{GROUP}")
-
-
-def render_chart(*set_values: str, show_only: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """`helm template` of the shipped chart (the real helm binary)."""
-    args = [HELM, "template", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE]
-    for value in set_values:
-        args += ["--set", value]
-    for template in show_only:
-        args += ["--show-only", template]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    return [d for d in yaml.safe_load_all(proc.stdout) if d]
-
-
-RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
-
-
-@dataclass
-class Identity:
-    """A ServiceAccount the operator runs as, with a kubeconfig holding its token."""
-
-    namespace: str
-    name: str
-    kubeconfig: Path
-
-    @property
-    def username(self) -> str:
-        return f"system:serviceaccount:{self.namespace}:{self.name}"
-
-
-def chart_rbac(*set_values: str) -> list[dict[str, Any]]:
-    return [d for d in render_chart(*set_values) if d["kind"] in RBAC_KINDS]
+    install.install_crd(cluster.kubeconfig)
 
 
 def operator_identity(cluster: Cluster, workdir: Path, docs: list[dict[str, Any]]
                       ) -> Identity:
     """Apply the chart's RBAC documents and issue a token for its ServiceAccount."""
-    cluster.ensure_namespace(OPERATOR_NAMESPACE)
-    for doc in docs:
-        if doc.get("metadata", {}).get("namespace") and doc["kind"] in ("Role", "RoleBinding"):
-            cluster.ensure_namespace(doc["metadata"]["namespace"])
-    cluster.apply(docs)
-    [account] = [d for d in docs if d["kind"] == "ServiceAccount"]
-    name = account["metadata"]["name"]
-    token = cluster.kubectl("create", "token", name, "-n", OPERATOR_NAMESPACE,
-                            "--duration=24h").stdout.strip()
-    path = cluster.plane.token_kubeconfig(workdir / f"{name}.kubeconfig", token)
-    return Identity(OPERATOR_NAMESPACE, name, path)
-
-
-class OperatorProcess:
-    """`python -m finetune_operator operator` against the kubeconfig, logs to a file."""
-
-    def __init__(self, kubeconfig: Path, log: Path, **settings: Any) -> None:
-        self.kubeconfig, self.log = kubeconfig, log
-        self.metrics_port = free_port()
-        self.settings = {"metrics_port": self.metrics_port, "health_port": 0,
-                         "poll_interval": 1.0, "trainer_image": "registry.example/trainer:e2e",
-                         **settings}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, wait: bool = True) -> OperatorProcess:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("AWS_", "FINETUNE_", "KUBECONFIG"))}
-        env.update({f"FINETUNE_{k.upper()}": str(v) for k, v in self.settings.items()})
-        env["KUBECONFIG"] = str(self.kubeconfig)
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "finetune_operator", "operator"], env=env,
-                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
-        if wait:
-            wait_for(self._serving, 60, "the operator's /metrics endpoint", interval=0.2)
-        return self
-
-    def _serving(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"operator exited {self.proc.returncode}: "
-                                 f"{self.log.read_text()[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", self.metrics_port), timeout=0.5):
-                return True
-        except OSError:
-            return False
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def metrics_text(self) -> str:
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
-                                    timeout=5) as resp:
-            return resp.read().decode()
-
-    def kill(self) -> None:
-        """A crash: SIGKILL, no graceful shutdown."""
-        if self.running:
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.running:
-            assert self.proc is not None
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+    identity = install.operator_identity(cluster.plane, workdir, docs)
+    for ns in {identity.namespace} | {d["metadata"]["namespace"] for d in docs
+                                      if d["kind"] in ("Role", "RoleBinding")}:
+        cluster.ensure_namespace(ns)
+    return identity
