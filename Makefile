@@ -96,6 +96,10 @@ demo: venv ## Three real tasks on SmolLM2-135M with a local S3 server, no cluste
 demo-quick: venv ## The demo on a tiny offline model (under 3 minutes)
 	$(PY) -m finetune_dev.demo --quick
 
+.PHONY: demo-cluster
+demo-cluster: venv tools controlplane ## The user journey on a real control plane: kubectl apply three tasks, pods trained locally (SMOLLM=1 for SmolLM2)
+	$(PY) -m finetune_dev.cluster.demo $(if $(SMOLLM),--smollm)
+
 .PHONY: bench-prepare
 bench-prepare: venv ## Data preparation: 1M records, ours vs a pandas baseline
 	$(PY) bench/bench_prepare.py

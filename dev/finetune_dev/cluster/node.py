@@ -85,9 +85,9 @@ def run_local_process(ctx: PodContext) -> Outcome:
     argv = list(c.get("command") or []) + list(c.get("args") or [])
     if not argv:
         return Outcome(128, "the node runs containers with an explicit command only")
-    if argv[0] in ("python", "python3"):
-        argv[0] = sys.executable
     argv = [ctx.local_path(a) for a in argv]
+    if argv[0] in ("python", "python3"):
+        argv[0] = sys.executable  # the image's interpreter is this one (after the mounts)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
            **{k: ctx.local_path(v) for k, v in ctx.env.items()}}
     logfile = ctx.work / "container.log"
@@ -122,7 +122,8 @@ class Node:
     """Watches every pod and plays the kubelet for the ones that land on this node."""
 
     def __init__(self, api_client: Any, runner: PodRunner = run_local_process,
-                 name: str = NODE_NAME, work_root: Path | None = None) -> None:
+                 name: str = NODE_NAME, work_root: Path | None = None,
+                 max_running: int | None = None) -> None:
         from kubernetes import client
 
         self.api = api_client
@@ -131,6 +132,10 @@ class Node:
         self.runner = runner
         self.work_root = Path(work_root or tempfile.mkdtemp(prefix="finetune-node-"))
         self._pods: dict[str, PodContext | None] = {}  # uid -> context (None: not started)
+        # A node's capacity (e.g. one GPU): pods beyond it stay Pending, unbound, until a
+        # running one ends. None: every pod is bound at once.
+        self.max_running = max_running
+        self._bound: set[str] = set()  # uids bound here and not finished
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._watch_forever, name="node", daemon=True)
@@ -199,7 +204,8 @@ class Node:
         meta, spec = pod["metadata"], pod["spec"]
         uid = meta["uid"]
         if spec.get("nodeName") in (None, "") and not meta.get("deletionTimestamp"):
-            self._bind(pod)
+            if self._take_slot(uid):
+                self._bind(pod)
             return
         if spec.get("nodeName") != self.name:
             return
@@ -220,6 +226,35 @@ class Node:
             ctx = self._pods.pop(pod["metadata"]["uid"], None)
         if ctx is not None:
             ctx.stop.set()
+        self._free_slot(pod["metadata"]["uid"])
+
+    def _take_slot(self, uid: str) -> bool:
+        with self._lock:
+            if uid in self._bound:
+                return True
+            if self.max_running is not None and len(self._bound) >= self.max_running:
+                return False
+            self._bound.add(uid)
+            return True
+
+    def _free_slot(self, uid: str) -> None:
+        """A pod ended or went: bind the oldest pending pods into the freed capacity."""
+        with self._lock:
+            if uid not in self._bound:
+                return
+            self._bound.discard(uid)
+        if self.max_running is None:
+            return
+        try:
+            pending = self._call(self.core.list_pod_for_all_namespaces,
+                                 field_selector="spec.nodeName=")
+        except Exception as err:  # noqa: BLE001 - an outage: the watch's re-list binds them
+            log.info("pending pods wait for the apiserver: %s", str(err)[:200])
+            return
+        for pod in sorted(pending["items"], key=lambda p: p["metadata"]["creationTimestamp"]):
+            if not pod["metadata"].get("deletionTimestamp") and \
+                    self._take_slot(pod["metadata"]["uid"]):
+                self._bind(pod)
 
     def _bind(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
@@ -294,6 +329,7 @@ class Node:
                                                              {"terminated": terminated})]})
         finally:
             shutil.rmtree(work, ignore_errors=True)
+            self._free_slot(meta["uid"])
 
     def _deleted(self, ns: str, name: str) -> bool:
         pod = self._call(self.core.read_namespaced_pod, name, ns, ok=(404,))
