@@ -2,7 +2,7 @@
 /metrics on loopback, with the shipped alert rules loaded, while a task runs and fails: the run
 counters move in Prometheus's own query API, and FineTuneRunFailed fires there with the task's
 labels while FineTuneOperatorDown stays silent. Nothing is mocked between operator and
-Prometheus; the API server is kmock (see conftest.py).
+Prometheus; the API server is the real control plane (see conftest.py).
 """
 
 from __future__ import annotations
