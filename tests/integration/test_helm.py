@@ -47,6 +47,25 @@ def grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
     return out
 
 
+# The ServiceMonitor and PrometheusRule render only where the monitoring.coreos.com CRDs are
+# served (.Capabilities.APIVersions, which `helm install` reads from the cluster) AND their value
+# is on; `helm template` has no cluster, so these tests name the APIs with --api-versions.
+MONITORING_APIS = ("monitoring.coreos.com/v1/ServiceMonitor",
+                   "monitoring.coreos.com/v1/PrometheusRule")
+
+
+def render_with_apis(*values_files: Path, apis: tuple[str, ...] = MONITORING_APIS,
+                     **set_values: str) -> list[dict[str, Any]]:
+    """`render` on a cluster that serves `apis` (helm template --api-versions)."""
+    args = [tool("helm"), "template", "finetune-operator", str(CHART),
+            "--namespace", "finetune-system", *(f"--api-versions={api}" for api in apis)]
+    for f in values_files:
+        args += ["-f", str(f)]
+    for key, value in set_values.items():
+        args += ["--set", f"{key}={value}"]
+    return [d for d in yaml.safe_load_all(run(*args).stdout) if d]
+
+
 def values_file(tmp_path: Path, values: dict[str, Any]) -> Path:
     path = tmp_path / "values.yaml"
     path.write_text(yaml.safe_dump(values))
@@ -60,7 +79,7 @@ def test_helm_lint(values: Path) -> None:
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.stem)
 def test_template_is_valid_kubernetes(values: Path) -> None:
-    docs = render(values)
+    docs = render_with_apis(values)  # with the monitoring objects where the values enable them
     assert kinds(docs, "Deployment") and kinds(docs, "Service")
     validate_k8s(docs)
     for rule in kinds(docs, "PrometheusRule"):
@@ -221,7 +240,7 @@ def test_deployment_is_one_hardened_replica() -> None:
 
 
 def test_service_and_servicemonitor_select_the_operator_and_set_the_alert_job() -> None:
-    docs = render(CHART / "ci" / "monitoring-values.yaml")
+    docs = render_with_apis(CHART / "ci" / "monitoring-values.yaml")
     [service] = kinds(docs, "Service")
     [monitor] = kinds(docs, "ServiceMonitor")
     [deploy] = kinds(docs, "Deployment")
@@ -237,16 +256,30 @@ def test_service_and_servicemonitor_select_the_operator_and_set_the_alert_job() 
 
 def test_prometheusrule_is_the_alerts_file() -> None:
     source = yaml.safe_load(ALERTS.read_text())["groups"]
-    [rule] = kinds(render(**{"prometheusRule.enabled": "true"}), "PrometheusRule")
+    [rule] = kinds(render_with_apis(**{"prometheusRule.enabled": "true"}), "PrometheusRule")
     assert rule["spec"]["groups"] == source
-    [custom] = kinds(render(CHART / "ci" / "monitoring-values.yaml"), "PrometheusRule")
+    [custom] = kinds(render_with_apis(CHART / "ci" / "monitoring-values.yaml"), "PrometheusRule")
     alerts = {r["alert"]: r for g in custom["spec"]["groups"] for r in g["rules"]}
     assert "FineTuneTaskStuckInTraining" not in alerts
     assert 'up{job="ml-operators"}' in alerts["FineTuneOperatorDown"]["expr"]
     assert "14 * 86400" in alerts["FineTuneTaskNoRecentSuccess"]["expr"]
     assert alerts["FineTuneRunFailed"]["annotations"]["runbook_url"] == \
         "https://wiki.example.com/finetune/runbook#finetunerunfailed"
-    assert not kinds(render(), "PrometheusRule") and not kinds(render(), "ServiceMonitor")
+    off = render_with_apis()
+    assert not kinds(off, "PrometheusRule") and not kinds(off, "ServiceMonitor")
+
+
+@pytest.mark.parametrize(("apis", "expected"), [
+    ((), []),  # no Prometheus Operator: enabling the values must not break the install
+    (MONITORING_APIS[:1], ["ServiceMonitor"]),
+    (MONITORING_APIS[1:], ["PrometheusRule"]),
+    (MONITORING_APIS, ["PrometheusRule", "ServiceMonitor"]),
+], ids=["no-crds", "servicemonitor-crd", "prometheusrule-crd", "both-crds"])
+def test_monitoring_objects_render_only_where_their_api_is_served(
+        apis: tuple[str, ...], expected: list[str]) -> None:
+    docs = render_with_apis(CHART / "ci" / "monitoring-values.yaml", apis=apis)
+    monitoring = [d["kind"] for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/")]
+    assert sorted(monitoring) == expected
 
 
 def test_notes_say_how_to_create_a_first_task() -> None:
