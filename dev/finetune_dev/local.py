@@ -30,10 +30,12 @@ import yaml
 
 from finetune_contract import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Manifest,
                                Metrics, RunLayout, one_line)
-from .local_status import Row, StatusBuilder, format_table, row_for
+from .local_status import LocalStatus, Row, format_table, row_for
 from .local_trainer import Progress, default_profile, run_trainer, tail, trainer_env
-from finetune_operator import policy
-from finetune_operator.spec import FineTuneTaskStatus, SpecError
+from finetune_operator import policy, transitions
+from finetune_operator import reasons as R
+from finetune_operator.resources import child_name
+from finetune_operator.spec import ConditionType, FineTuneTaskStatus, JobStatus, SpecError
 from finetune_operator.status import now_iso
 from finetune_contract.storage import Credentials, Storage, StorageError, is_s3, parse_s3
 
@@ -100,8 +102,11 @@ def run_task(task: Any, *, output: str | None, profile: str | None, force: bool,
              say: Callable[[str], None], rules: policy.Policy | None = None) -> TaskResult:
     """Prepare, render, train and report one task; never raises for expected failures.
 
-    `rules`: the admin's policy (default: from the FINETUNE_* env, as `finetune render` reads
-    it); a violation fails the task as the operator fails it, before anything is read."""
+    Every status change is a `finetune_operator.transitions` function, called where
+    reconcile.py calls it, so the run ends where a cluster run would: Failed on a policy
+    violation (`rules`, default from the FINETUNE_* env as `finetune render` reads it) before
+    anything is read, Skipped for too few samples or `spec.infrequent`, Suspended with
+    `spec.suspend` before the trainer starts."""
     from finetune_operator.prepare import PrepareError, prepare_run
     from finetune_operator.render import render_axolotl_config
 
@@ -109,41 +114,51 @@ def run_task(task: Any, *, output: str | None, profile: str | None, force: bool,
     run_id = spec.run_id()
     layout = RunLayout(root=output or spec.output.uri, namespace=task.namespace, task=task.name,
                        run_id=run_id)
-    sb = StatusBuilder(task.name, run_id)
+    ls = LocalStatus(run_id)
     start = time.monotonic()
 
     def result(**kw: Any) -> TaskResult:
-        return TaskResult(task.name, task.namespace, layout, sb.status,
+        return TaskResult(task.name, task.namespace, layout, ls.status,
                           wall_s=time.monotonic() - start, **kw)
+
+    def failed(cond_type: ConditionType, reason: str, message: str, code: int,
+               **kw: Any) -> TaskResult:
+        ls.end(transitions.fail(ls.status, cond_type, reason, message, ls.at()))
+        return result(exit_code=code, **kw)
 
     say(f"{task.namespace}/{task.name}: run {run_id} at {layout.prefix}")
     violation = policy.check_spec(spec, rules or policy.from_env(local=True))
     if violation is not None:
-        sb.failed("DataReady", policy.REASON, violation.message)
-        return result(exit_code=EXIT_BAD_INPUT)
+        return failed("DataReady", R.POLICY_VIOLATION, violation.message, EXIT_BAD_INPUT)
     storage = _storage(spec)
-    sb.preparing(spec.dataset.uri)
+    ls.step(transitions.preparing(ls.status, run_id, spec.dataset.uri, ls.at()))
     try:
         manifest = prepare_run(spec, layout, storage)
     except PrepareError as err:
-        if err.reason == "TooFewSamples":
-            sb.skipped("DataReady", "TooFewSamples", str(err))
-            return result(exit_code=EXIT_OK)
-        sb.failed("DataReady", err.reason, str(err))
+        ending = ls.end(transitions.data_not_prepared(ls.status, err.reason, str(err), ls.at()))
+        if ending.phase == "Skipped":
+            return result()
         return result(exit_code=EXIT_FAILED if err.transient else EXIT_BAD_INPUT)
     except StorageError as err:
-        sb.failed("DataReady", "Storage", str(err))
-        return result(exit_code=EXIT_FAILED if err.transient else EXIT_BAD_INPUT)
-    sb.prepared(manifest, layout)
+        return failed("DataReady", R.STORAGE, str(err),
+                      EXIT_FAILED if err.transient else EXIT_BAD_INPUT)
+    ls.step(transitions.prepared(ls.status, manifest, layout, ls.at()))
     say(f"  data: {manifest.train_samples} train / {manifest.validation_samples} validation, "
         f"{manifest.dropped.total()} dropped, split sha256 {manifest.train.sha256[:12]}")
+    skipped = transitions.skip_before_training(spec, ls.status, ls.at())
+    if skipped is not None:
+        ls.end(skipped)
+        return result(manifest=manifest)
 
+    job = JobStatus(name=child_name(task.name, run_id), config_map=child_name(task.name, run_id))
+    launched = f"local trainer process started (Job {job.name} on a cluster)"
     done = None if force else completed_metrics(storage, layout)
     if done is not None:
         say("  training: reusing the complete run (--force retrains)")
-        sb.rendered(layout)
-        sb.launched(now_iso())
-        sb.succeeded(done, now_iso())
+        ls.step(transitions.rendered(ls.status, f"config written to {layout.config}", ls.at()))
+        ls.step(transitions.launched(ls.status, job.model_copy(update={"start_time": now_iso()}),
+                                     launched, ls.at()))
+        ls.end(transitions.succeed(ls.status, done, ls.at(), job=_completed(ls.status.job)))
         res = result(manifest=manifest, metrics=done, reused=True)
         res.wall_s = done.wall_seconds
         res.row = row_for(task.name, res.status, manifest, done, done.wall_seconds, True)
@@ -153,8 +168,9 @@ def run_task(task: Any, *, output: str | None, profile: str | None, force: bool,
     try:
         config = render_axolotl_config(spec, manifest, layout, profile=profile)  # type: ignore[arg-type]
     except (ValueError, TypeError, KeyError) as err:
-        sb.failed("ConfigRendered", "InvalidConfig", f"{one_line(str(err))}; check spec.training")
-        return result(manifest=manifest, exit_code=EXIT_BAD_INPUT)
+        return failed("ConfigRendered", R.INVALID_CONFIG,
+                      f"{one_line(str(err))}; check spec.training", EXIT_BAD_INPUT,
+                      manifest=manifest)
     text = yaml.safe_dump(config, sort_keys=False)
     work = Path(tempfile.mkdtemp(prefix=f"finetune-{task.name}-{run_id}-"))
     config_path = work / "axolotl.yaml"  # stands in for the Job's mounted ConfigMap
@@ -163,37 +179,46 @@ def run_task(task: Any, *, output: str | None, profile: str | None, force: bool,
         remove(storage, layout.complete_marker)  # a forced rerun is not complete until it ends
         storage.write_text(layout.config, text, "application/yaml")
     except StorageError as err:
-        sb.failed("ConfigRendered", "Storage", str(err))
-        return result(manifest=manifest, exit_code=EXIT_FAILED)
-    sb.rendered(layout)
-    sb.launched(now_iso())
+        return failed("ConfigRendered", R.STORAGE, str(err), EXIT_FAILED, manifest=manifest)
+    ls.step(transitions.rendered(ls.status, f"config written to {layout.config}", ls.at()))
+    if spec.suspend:
+        shutil.rmtree(work, ignore_errors=True)
+        ls.step(transitions.suspended_before_launch(ls.status, ls.at()))
+        return result(manifest=manifest)
+    ls.step(transitions.launched(ls.status, job.model_copy(update={"start_time": now_iso()}),
+                                 launched, ls.at()))
     say(f"  training ({profile} profile, log {work / 'trainer.log'})")
 
     env = trainer_env(storage.endpoint, spec.base_model.name)
     outcome = run_trainer(layout, config_path, profile, work, env, Progress(task.name))
     if outcome.interrupted:
-        sb.failed("Trained", "Interrupted", f"interrupted: {layout.prefix} has no COMPLETE "
-                  "marker, so the next run trains again (the prepared split is reused)")
         shutil.rmtree(work, ignore_errors=True)  # the user stopped it: no scratch left behind
-        return result(manifest=manifest, exit_code=EXIT_INTERRUPTED)
+        return failed("Trained", R.INTERRUPTED, f"interrupted: {layout.prefix} has no COMPLETE "
+                      "marker, so the next run trains again (the prepared split is reused)",
+                      EXIT_INTERRUPTED, manifest=manifest)
     metrics = completed_metrics(storage, layout) if outcome.returncode == 0 else None
     if metrics is None:
         term = outcome.termination
         if term is not None and not term.ok:
             reason, message = term.reason, term.message
         elif outcome.returncode == 0:
-            reason, message = "MetricsMissing", (f"the trainer exited 0 but {layout.metrics} or "
-                                                 f"{layout.complete_marker} is missing")
+            reason, message = R.METRICS_MISSING, (f"the trainer exited 0 but {layout.metrics} or "
+                                                  f"{layout.complete_marker} is missing")
         else:
-            reason = "TrainerFailed"
+            reason = R.TRAINER_FAILED
             message = (f"trainer exited {outcome.returncode}; last output: "
                        f"{one_line(tail(outcome.log_path), 200)}")
-        sb.failed("Trained", reason, f"{message} (log: {outcome.log_path})")
         code = EXIT_BAD_INPUT if outcome.returncode == EXIT_BAD_INPUT else EXIT_FAILED
-        return result(manifest=manifest, exit_code=code, log_path=str(outcome.log_path))
-    sb.succeeded(metrics, now_iso())
+        return failed("Trained", reason, f"{message} (log: {outcome.log_path})", code,
+                      manifest=manifest, log_path=str(outcome.log_path))
+    ls.end(transitions.succeed(ls.status, metrics, ls.at(), job=_completed(ls.status.job)))
     shutil.rmtree(work, ignore_errors=True)
     return result(manifest=manifest, metrics=metrics)
+
+
+def _completed(job: JobStatus | None) -> JobStatus | None:
+    """The local stand-in's JobStatus, finished now (a Job's completionTime on a cluster)."""
+    return job.model_copy(update={"completion_time": now_iso()}) if job else None
 
 
 @contextmanager
@@ -250,7 +275,7 @@ def run_tasks(task_paths: list[str], *, output: str | None = None, profile: str 
         res = run_task(task, output=output, profile=profile, force=force, say=say, rules=rules)
         results.append(res)
         print_status(res, out)
-        if res.status.phase in ("Failed", "Skipped"):
+        if res.status.phase in ("Failed", "Skipped", "Suspended"):
             say(f"  {res.status.phase.lower()}: {res.status.message}")
         if res.exit_code == EXIT_INTERRUPTED:
             break
@@ -261,8 +286,8 @@ def run_tasks(task_paths: list[str], *, output: str | None = None, profile: str 
 
 def run_local(task_paths: list[str], *, output: str | None = None, profile: str | None = None,
               force: bool = False) -> int:
-    """The `finetune run --local` command: 0 all succeeded or skipped, 2 bad input, 1 other
-    failures, 130 interrupted. Bad input prints one line, never a traceback."""
+    """The `finetune run --local` command: 0 all succeeded, skipped or suspended, 2 bad input,
+    1 other failures, 130 interrupted. Bad input prints one line, never a traceback."""
     try:
         with interrupt_on_sigterm():
             results = run_tasks(list(task_paths), output=output, profile=profile, force=force)

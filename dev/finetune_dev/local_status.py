@@ -1,82 +1,42 @@
 """What a local run prints: the task's final status as the operator would write it, and a table.
 
 Why a module of its own: the local runner must not invent a second status vocabulary. Every
-status here is built with the operator's own functions (`status.py`: new_run, set_condition,
-with_phase, evaluation, metrics_status) in the order `reconcile.py` applies them, with the same
-phases, condition types and reasons; only the messages that name a Kubernetes object (ConfigMap,
-Job) say what stands in for it locally. The table's figures come from the same metrics.json the
-status is built from, so the two cannot disagree.
+status here comes from the operator's own state machine (`finetune_operator.transitions`: one
+function per step and per outcome, with the reasons of `finetune_operator.reasons`), called in
+the order `reconcile.py` calls it, so a local run ends in the phase a cluster run would, with the
+same conditions, reasons and messages; only the messages that name a Kubernetes object
+(ConfigMap, Job) say what stands in for it locally. The table's figures come from the same
+metrics.json the status is built from, so the two cannot disagree.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from finetune_contract import Manifest, Metrics, RunLayout, one_line
-from finetune_operator.resources import child_name
-from finetune_operator.spec import AdapterStatus, FineTuneTaskStatus, JobStatus
-from finetune_operator.status import (data_status, evaluation, metrics_status, new_run, now_iso, set_condition,
-                     with_phase)
+from finetune_contract import Manifest, Metrics, one_line
+from finetune_operator import transitions
+from finetune_operator.spec import FineTuneTaskStatus
+from finetune_operator.status import now_iso
+from finetune_operator.transitions import At, Ending, Step
 
 
-class StatusBuilder:
-    """Accumulates one local run's status step by step, like reconcile.Writer does."""
+class LocalStatus:
+    """One local run's status, moved by the operator's transitions (what taskstate.Writer is
+    to the operator, without the API: no patch, no Event, no metrics)."""
 
-    def __init__(self, task: str, run_id: str) -> None:
-        self.task, self.run_id = task, run_id
-        self.status: FineTuneTaskStatus = new_run(run_id, None, now_iso())
+    def __init__(self, run_id: str) -> None:
+        self.status: FineTuneTaskStatus = transitions.start(run_id, self.at())
 
-    def cond(self, type_: Any, value: Any, reason: str, message: str) -> FineTuneTaskStatus:
-        self.status = set_condition(self.status, type_, value, reason, message, generation=None,
-                                    now=now_iso())
-        return self.status
+    @staticmethod
+    def at() -> At:
+        return At(generation=None, now=now_iso())
 
-    def preparing(self, dataset_uri: str) -> None:
-        self.cond("DataReady", "Unknown", "Preparing", f"reading {dataset_uri}")
-        self.status = with_phase(self.status, "Preparing", f"preparing data from {dataset_uri}",
-                                 generation=None)
+    def step(self, step: Step) -> None:
+        self.status = step.status
 
-    def prepared(self, manifest: Manifest, layout: RunLayout) -> None:
-        data, msg = data_status(manifest, layout)
-        self.status = self.cond("DataReady", "True", "Prepared", msg).model_copy(
-            update={"data": data})
-
-    def rendered(self, layout: RunLayout) -> None:
-        self.cond("ConfigRendered", "True", "Rendered", f"config written to {layout.config}")
-
-    def launched(self, start_time: str) -> None:
-        name = child_name(self.task, self.run_id)
-        msg = f"local trainer process started (Job {name} on a cluster)"
-        self.cond("JobCreated", "True", "Created", msg)
-        self.status = with_phase(self.status, "Training", msg, generation=None,
-                                 job=JobStatus(name=name, config_map=name, start_time=start_time))
-
-    def finish(self, phase: Any, cond: tuple[Any, str, str], message: str, *, ready: bool = False,
-               ready_reason: str | None = None, **fields: Any) -> FineTuneTaskStatus:
-        """End the run the way reconcile.Writer.finish does: the step's condition, Ready, phase."""
-        type_, value, reason = cond
-        self.cond(type_, value, reason, message)
-        self.cond("Ready", "True" if ready else "False", ready_reason or reason, message)
-        self.status = with_phase(self.status, phase, message, generation=None, **fields)
-        return self.status
-
-    def succeeded(self, m: Metrics, completion_time: str) -> FineTuneTaskStatus:
-        reason, message, ready = evaluation(m)
-        self.cond("Trained", "True", "Completed", f"best step {m.best_step}, train loss "
-                  f"{m.train_loss}" + (", stopped early" if m.stopped_early else ""))
-        self.cond("Evaluated", "True", reason, message)
-        job = (self.status.job.model_copy(update={"completion_time": completion_time})
-               if self.status.job else None)
-        return self.finish("Succeeded", ("Evaluated", "True", reason), message, ready=ready,
-                           ready_reason=reason, metrics=metrics_status(m), job=job,
-                           adapter=AdapterStatus(uri=m.adapter_uri, digest=m.adapter_digest))
-
-    def failed(self, cond_type: Any, reason: str, message: str) -> FineTuneTaskStatus:
-        return self.finish("Failed", (cond_type, "False", reason), message)
-
-    def skipped(self, cond_type: Any, reason: str, message: str) -> FineTuneTaskStatus:
-        return self.finish("Skipped", (cond_type, "False", reason), message)
+    def end(self, ending: Ending) -> Ending:
+        self.status = ending.status
+        return ending
 
 
 # ---- the table ----------------------------------------------------------------------------

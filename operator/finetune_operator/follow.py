@@ -10,10 +10,10 @@ from typing import Any
 
 import kopf
 
-from . import metrics
+from . import metrics, transitions
+from . import reasons as R
 from finetune_contract import Metrics, RunLayout, TerminationMessage, one_line
-from .spec import AdapterStatus, FineTuneTaskSpec, SpecError, parse_spec
-from .status import evaluation, metrics_status
+from .spec import FineTuneTaskSpec, SpecError, parse_spec
 from finetune_contract.storage import StorageError
 from .taskstate import (METRICS_MAX_BYTES, RETRY_SOON, Context, Stop, Task, Writer, api,
                         storage_for)
@@ -69,25 +69,18 @@ def _succeed(w: Writer, spec: FineTuneTaskSpec, layout: RunLayout,
         if err.transient:
             raise kopf.TemporaryError(w.scrub(str(err)), delay=RETRY_SOON) from None
         if job is None:
-            w.fail("Trained", "JobLost", f"Job {w.status.job.name} is gone and "
+            w.fail("Trained", R.JOB_LOST, f"Job {w.status.job.name} is gone and "
                    f"{layout.metrics} is missing: change the spec (or recreate the task) to rerun")
-        w.fail("Trained", "MetricsMissing", f"the Job completed but {layout.metrics} is "
+        w.fail("Trained", R.METRICS_MISSING, f"the Job completed but {layout.metrics} is "
                f"unreadable ({err}): check the trainer's logs")
     except ValueError as err:
-        w.fail("Evaluated", "BadMetrics", f"{layout.metrics} does not match the contract: "
+        w.fail("Evaluated", R.BAD_METRICS, f"{layout.metrics} does not match the contract: "
                f"{one_line(str(err), 200)}")
-    reason, message, ready = evaluation(m)
-    w.status = w.cond("Trained", "True", "Completed",
-                      f"best step {m.best_step}, train loss {m.train_loss}"
-                      + (", stopped early" if m.stopped_early else ""))
-    w.status = w.cond("Evaluated", "True", reason, message)
     job_status = (w.status.job.model_copy(update={
         "start_time": ((job or {}).get("status") or {}).get("startTime"),
         "completion_time": ((job or {}).get("status") or {}).get("completionTime")})
         if w.status.job else None)
-    w.finish("Succeeded", ("Evaluated", "True", reason), message, ready=ready,
-             ready_reason=reason, metrics=metrics_status(m), job=job_status,
-             adapter=AdapterStatus(uri=m.adapter_uri, digest=m.adapter_digest))
+    w.end(transitions.succeed(w.status, m, w.at(), job=job_status))
     ref = w.task.ref
     metrics.TASK_EVAL_LOSS.labels(ref.namespace, ref.name).set(m.eval_loss)
     metrics.TASK_BASE_EVAL_LOSS.labels(ref.namespace, ref.name).set(m.base_eval_loss)
@@ -103,7 +96,7 @@ def _job_failed(w: Writer, cond: dict[str, Any]) -> None:
     if term is not None:
         reason, message = term.reason, term.message
     else:
-        reason = cond.get("reason") or "JobFailed"
+        reason = cond.get("reason") or R.JOB_FAILED
         message = f"Job {name} failed: {cond.get('message') or reason}"
         if raw:  # FallbackToLogsOnError: the log tail of a crash (OOM, bug)
             message += f"; last output: {one_line(raw, 200)}"
@@ -116,7 +109,6 @@ def _running(w: Writer, job: dict[str, Any]) -> None:
     new = w.status
     if new.job is not None and start and new.job.start_time != start:
         new = new.model_copy(update={"job": new.job.model_copy(update={"start_time": start})})
-    if js.get("active"):
-        w.status = new
-        new = w.cond("Trained", "Unknown", "Running", f"trainer pod running (Job {new.job.name})")
+    if js.get("active") and new.job is not None:
+        new = transitions.running(new, new.job.name, w.at()).status
     w.commit(new)

@@ -11,7 +11,9 @@ A spec change starts a new run and deletes the superseded run's Job and ConfigMa
 docs/operator.md for why); following the Job is follow.py, the shared state
 taskstate.py. Failures a retry cannot fix end the run as Failed with a condition,
 an Event and `kopf.PermanentError`; outages raise `kopf.TemporaryError` with a delay. Every
-status write goes through `Writer`, which patches only what changed and scrubs secret values.
+status change is a function of transitions.py (shared with the local runner), every reason a
+reasons.py constant, and every write goes through `Writer`, which patches only what changed and
+scrubs secret values.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import time
 
 import kopf
 
-from . import metrics, policy
+from . import metrics, policy, transitions
+from . import reasons as R
 from finetune_contract import Manifest, RunLayout
 from .follow import follow, follow_run
 from .resources import build_configmap, build_job, child_name, profile_for
 from .spec import FineTuneTaskSpec, JobStatus, SpecError, parse_spec
-from .status import FINAL_PHASES, data_status, is_true, new_run, now_iso, with_phase
+from .status import FINAL_PHASES, is_true
 from finetune_contract.storage import Storage, StorageError
 from .taskstate import RETRY_SOON, Context, Stop, Task, Writer, api, retry_later, storage_for
 
@@ -50,10 +53,9 @@ def reconcile(task: Task, ctx: Context) -> None:
                            task=task.ref.name, run_id=run_id)
         storage = storage_for(w, spec)
         manifest = _prepare(w, spec, layout, storage)
-        if spec.infrequent:
-            w.finish("Skipped", ("ConfigRendered", "False", "Infrequent"),
-                     "spec.infrequent is set: data prepared and checked, no GPU spent")
-            return
+        skipped = transitions.skip_before_training(spec, w.status, w.at())
+        if skipped is not None:
+            w.stop(skipped)
         _render(w, spec, layout, storage, manifest)
         if _launch(w, spec, layout):
             follow_run(w, spec)  # resumed with a Job already there: it may have finished meanwhile
@@ -63,15 +65,14 @@ def _parse(w: Writer) -> FineTuneTaskSpec:
     try:
         return parse_spec(w.task.spec)
     except SpecError as err:
-        w.fail("DataReady", "InvalidSpec", f"{err}; fix the spec and re-apply")
-        raise  # unreachable: fail() raises
+        w.fail("DataReady", R.INVALID_SPEC, f"{err}; fix the spec and re-apply")
 
 
 def _check_policy(w: Writer, spec: FineTuneTaskSpec) -> None:
     """The admin's policy (policy.py), before anything is read: a violation ends the run."""
     violation = policy.check_spec(spec, policy.from_settings(w.ctx.settings, local=False))
     if violation is not None:
-        w.fail("DataReady", policy.REASON, violation.message)
+        w.fail("DataReady", R.POLICY_VIOLATION, violation.message)
 
 
 def _start_run(w: Writer, run_id: str) -> None:
@@ -80,10 +81,10 @@ def _start_run(w: Writer, run_id: str) -> None:
     if old is not None and old.name != child_name(w.task.ref.name, run_id):
         api(lambda: w.ctx.kube.delete_job(w.task.ref.namespace, old.name))
         api(lambda: w.ctx.kube.delete_configmap(w.task.ref.namespace, old.config_map))
-        w.event("Normal", "Superseded", f"spec changed: deleted Job {old.name} of run "
+        w.event("Normal", R.SUPERSEDED, f"spec changed: deleted Job {old.name} of run "
                                         f"{w.status.run_id}")
     # Not committed here: the first step's write carries it (one status patch fewer per run).
-    w.status = new_run(run_id, w.task.generation, now_iso())
+    w.status = transitions.start(run_id, w.at())
     metrics.RUNS_STARTED.labels(w.task.ref.namespace, w.task.ref.name).inc()
 
 
@@ -95,30 +96,22 @@ def _prepare(w: Writer, spec: FineTuneTaskSpec, layout: RunLayout, storage: Stor
             return Manifest.model_validate_json(storage.read_text(layout.manifest, 1 << 20))
         except (StorageError, ValueError):
             pass
-    msg = f"run {layout.run_id}: preparing data from {spec.dataset.uri}"
-    w.commit(with_phase(w.cond("DataReady", "Unknown", "Preparing", f"reading {spec.dataset.uri}"),
-                        "Preparing", msg, generation=w.task.generation),
-             ("Normal", "RunStarted", msg))
+    w.commit(*transitions.preparing(w.status, layout.run_id, spec.dataset.uri, w.at()))
     start = time.monotonic()
     try:
         with w.ctx.prep_slots:
             manifest = prepare_run(spec, layout, storage)
     except PrepareError as err:
-        if err.reason == "TooFewSamples":
-            w.finish("Skipped", ("DataReady", "False", "TooFewSamples"), str(err))
-            raise Stop() from None
         if err.transient:
             retry_later(w, "DataReady", str(err))
-        w.fail("DataReady", err.reason, str(err))
+        w.stop(transitions.data_not_prepared(w.status, err.reason, str(err), w.at()))
     except StorageError as err:
         if err.transient:
             retry_later(w, "DataReady", str(err))
-        w.fail("DataReady", "Storage", str(err))
+        w.fail("DataReady", R.STORAGE, str(err))
     finally:
         metrics.DATA_PREP_DURATION.labels(w.task.ref.namespace).observe(time.monotonic() - start)
-    data, msg = data_status(manifest, layout)
-    w.commit(w.cond("DataReady", "True", "Prepared", msg).model_copy(update={"data": data}),
-             ("Normal", "DataReady", msg))
+    w.commit(*transitions.prepared(w.status, manifest, layout, w.at()))
     return manifest
 
 
@@ -132,11 +125,11 @@ def _render(w: Writer, spec: FineTuneTaskSpec, layout: RunLayout, storage: Stora
     try:
         config = render_axolotl_config(spec, manifest, layout, profile=profile_for(spec, w.ctx.settings))
     except (ValueError, TypeError, KeyError) as err:
-        w.fail("ConfigRendered", "InvalidConfig", f"{err}; check spec.training")
+        w.fail("ConfigRendered", R.INVALID_CONFIG, f"{err}; check spec.training")
     body = build_configmap(w.task.ref, layout.run_id, config)
     text = body["data"]["axolotl.yaml"]
     if any(s and s in text for s in w.secrets):
-        w.fail("ConfigRendered", "SecretInConfig",
+        w.fail("ConfigRendered", R.SECRET_IN_CONFIG,
                "a credential value appears in the rendered config (spec.training.axolotl?): "
                "remove it; credentials reach the trainer only through the Secret")
     try:
@@ -146,8 +139,8 @@ def _render(w: Writer, spec: FineTuneTaskSpec, layout: RunLayout, storage: Stora
     api(lambda: w.ctx.kube.create_configmap(body))
     # Committed with JobCreated a moment later (one status patch and one Event fewer); if the
     # launch fails first, the retry re-renders and finds the ConfigMap there (409).
-    w.status = w.cond("ConfigRendered", "True", "Rendered",
-                      f"ConfigMap {body['metadata']['name']} holds the Axolotl config")
+    w.status = transitions.rendered(
+        w.status, f"ConfigMap {body['metadata']['name']} holds the Axolotl config", w.at()).status
 
 
 def _launch(w: Writer, spec: FineTuneTaskSpec, layout: RunLayout) -> bool:
@@ -157,16 +150,12 @@ def _launch(w: Writer, spec: FineTuneTaskSpec, layout: RunLayout) -> bool:
         apply_suspend(w, spec)
         return True
     if spec.suspend:
-        msg = "spec.suspend is true: no Job is created until it is false"
-        w.commit(with_phase(w.cond("JobCreated", "False", "Suspended", msg), "Suspended", msg,
-                            generation=w.task.generation), ("Normal", "Suspended", msg))
+        w.commit(*transitions.suspended_before_launch(w.status, w.at()))
         return False
     body = build_job(ref, layout.run_id, spec, layout, w.ctx.settings)
     _job, created = api(lambda: w.ctx.kube.create_job(body))
     msg = f"ConfigMap and Job {name} {'created' if created else 'exist'}"
-    new = with_phase(w.cond("JobCreated", "True", "Created", msg), "Training", msg,
-                     generation=w.task.generation, job=JobStatus(name=name, config_map=name))
-    w.commit(new, ("Normal", "JobCreated", msg))
+    w.commit(*transitions.launched(w.status, JobStatus(name=name, config_map=name), msg, w.at()))
     metrics.TASK_TRAINING_STARTED.labels(ref.namespace, ref.name).set(time.time())
     metrics.TASK_TRAINING_DEADLINE.labels(ref.namespace, ref.name).set(
         spec.resources.active_deadline_seconds)
@@ -186,8 +175,7 @@ def apply_suspend(w: Writer, spec: FineTuneTaskSpec) -> None:
     if api(lambda: w.ctx.kube.get_job(ns, job.name)) is None:
         return  # gone: follow() reports it
     api(lambda: w.ctx.kube.set_job_suspended(ns, job.name, spec.suspend))
-    msg = f"Job {job.name} {'suspended' if spec.suspend else 'resumed'}"
-    w.commit(with_phase(w.status, want, msg, generation=w.task.generation), ("Normal", want, msg))
+    w.commit(*transitions.job_suspended(w.status, job.name, spec.suspend, w.at()))
 
 
 def suspend_changed(task: Task, ctx: Context) -> None:

@@ -11,6 +11,7 @@ import datetime
 from typing import Any, Literal
 
 from finetune_contract import Manifest, Metrics, RunLayout, one_line
+from . import reasons as R
 from .spec import (Condition, ConditionType, DataStatus, FineTuneTaskStatus,
                    MetricsStatus, Phase)
 
@@ -81,7 +82,7 @@ def new_run(run_id: str, generation: int | None, now: str) -> FineTuneTaskStatus
     """Fresh status of a new run: nothing of the previous run's results survives."""
     status = FineTuneTaskStatus(phase="Pending", run_id=run_id, observed_generation=generation,
                                 message=f"run {run_id} accepted")
-    return set_condition(status, "Ready", "False", "Pending", "run accepted",
+    return set_condition(status, "Ready", "False", R.PENDING, "run accepted",
                          generation=generation, now=now)
 
 
@@ -138,14 +139,14 @@ def evaluation(m: Metrics) -> tuple[str, str, bool]:
     summary = (f"eval loss {m.eval_loss:.4f} vs base {m.base_eval_loss:.4f} "
                f"({m.improvement:+.1%})")
     if m.verdicts.no_gain:
-        return "NoGain", NO_GAIN_ADVICE.format(tuned=m.eval_loss, base=m.base_eval_loss), False
+        return R.NO_GAIN, NO_GAIN_ADVICE.format(tuned=m.eval_loss, base=m.base_eval_loss), False
     if m.search:
         won = m.search.candidates[m.search.chosen]
         summary += (f"; search chose lr {won.learning_rate:g}, r {won.lora_r} of "
                     f"{len(m.search.candidates)} on a {m.search.selection_samples}-record train slice")
     if m.verdicts.overfit:
-        return "Overfit", f"{summary}; " + OVERFIT_ADVICE.format(gap=m.overfit_gap), True
-    return "Improved", summary, True
+        return R.OVERFIT, f"{summary}; " + OVERFIT_ADVICE.format(gap=m.overfit_gap), True
+    return R.IMPROVED, summary, True
 
 
 # ---- patches -------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""Per-task state shared by the reconcile steps and the Job follower: the process-wide Context,
-the Task a handler hands in, and the Writer that owns the task's status (patches only what
-changed, scrubs secret values, posts Events, ends runs with their metrics).
+"""Per-task state shared by the reconcile steps and the Job follower: the process-wide Context
+(kept in the operator's kopf.Memo), the Task a handler hands in, and the Writer that applies
+transitions.py to the task's status (patches only what changed, scrubs secret values, posts
+Events, ends runs with their metrics).
 """
 
 from __future__ import annotations
@@ -10,17 +11,18 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import kopf
 
-from . import API_VERSION, KIND, metrics
+from . import API_VERSION, KIND, metrics, transitions
 from finetune_contract import one_line
 from .kube import ApiError, Kube
 from .resources import TaskRef, s3_endpoint
 from .settings import OperatorSettings
-from .spec import FineTuneTaskSpec, FineTuneTaskStatus
-from .status import load, now_iso, run_started_at, set_condition, status_patch, with_phase
+from .spec import ConditionType, FineTuneTaskSpec, FineTuneTaskStatus
+from .status import load, now_iso, run_started_at, status_patch
+from .transitions import At, Ending, Event
 from finetune_contract.storage import Credentials, Storage, StorageError
 
 METRICS_MAX_BYTES = 8 * 1024 * 1024
@@ -98,7 +100,7 @@ class Writer:
                 text = text.replace(value, "***")
         return one_line(text)
 
-    def commit(self, new: FineTuneTaskStatus, event: tuple[str, str, str] | None = None) -> None:
+    def commit(self, new: FineTuneTaskStatus, event: Event | None = None) -> None:
         new = new.model_copy(update={"message": self.scrub(new.message or "") or None,
                                      "conditions": [c.model_copy(update={"message": self.scrub(
                                          c.message)}) for c in new.conditions]})
@@ -119,30 +121,22 @@ class Writer:
                     "namespace": ref.namespace, "uid": ref.uid}
         self.ctx.kube.post_event(involved, type_, reason, self.scrub(message))
 
-    def cond(self, type_: Any, value: Any, reason: str, message: str) -> FineTuneTaskStatus:
-        return set_condition(self.status, type_, value, reason, self.scrub(message),
-                             generation=self.task.generation, now=now_iso())
+    def at(self) -> At:
+        """Now, for this task's generation: the stamp every transition of this write carries."""
+        return At(self.task.generation, now_iso())
 
-    # ---- final phases ----------------------------------------------------------------------
+    # ---- the run's end -----------------------------------------------------------------------
 
-    def finish(self, phase: str, cond: tuple[Any, str, str], message: str, *,
-               ready: bool = False, ready_reason: str | None = None, **fields: Any) -> None:
-        """End the run: the step's condition, Ready, phase, an Event and the run metrics."""
-        type_, value, reason = cond
-        self.status = self.cond(type_, value, reason, message)
-        self.status = self.cond("Ready", "True" if ready else "False", ready_reason or reason,
-                                message)
-        new = with_phase(self.status, phase, message, generation=self.task.generation, **fields)
-        warn = phase == "Failed" or (phase == "Succeeded" and not ready)
-        self.commit(new, ("Warning" if warn else "Normal", ready_reason or reason, message))
-        ref, result = self.task.ref, {"Succeeded": "succeeded", "Failed": "failed"}.get(
-            phase, "skipped")
-        metrics.RUNS_FINISHED.labels(ref.namespace, ref.name, result, ready_reason or reason).inc()
+    def end(self, ending: Ending) -> None:
+        """Commit a run's end (status and Event) and record it in the run metrics."""
+        self.commit(ending.status, ending.event)
+        ref = self.task.ref
+        metrics.RUNS_FINISHED.labels(ref.namespace, ref.name, ending.result, ending.reason).inc()
         started = run_started_at(self.status)
         if started:
             t0 = datetime.datetime.strptime(started, "%Y-%m-%dT%H:%M:%SZ").replace(
                 tzinfo=datetime.timezone.utc)
-            metrics.RUN_DURATION.labels(ref.namespace, result).observe(
+            metrics.RUN_DURATION.labels(ref.namespace, ending.result).observe(
                 max(0.0, time.time() - t0.timestamp()))
         self.ctx.set_active(ref, False)
         for gauge in (metrics.TASK_TRAINING_STARTED, metrics.TASK_TRAINING_DEADLINE):
@@ -151,10 +145,17 @@ class Writer:
             except KeyError:
                 pass
 
-    def fail(self, cond_type: Any, reason: str, message: str) -> None:
-        """Failed for good: condition + Event, then PermanentError (Kopf will not retry)."""
-        self.finish("Failed", (cond_type, "False", reason), message)
-        raise kopf.PermanentError(self.scrub(f"{reason}: {message}"))
+    def stop(self, ending: Ending) -> NoReturn:
+        """End the run inside a step: PermanentError when it failed (Kopf will not retry),
+        else `Stop` (the caller returns normally)."""
+        self.end(ending)
+        if ending.phase == "Failed":
+            raise kopf.PermanentError(self.scrub(f"{ending.reason}: {ending.event.message}"))
+        raise Stop()
+
+    def fail(self, cond_type: ConditionType, reason: str, message: str) -> NoReturn:
+        """Failed for good: condition + Warning Event, then PermanentError."""
+        self.stop(transitions.fail(self.status, cond_type, reason, message, self.at()))
 
 
 def api(call: Any) -> Any:
@@ -178,10 +179,7 @@ def storage_for(w: Writer, spec: FineTuneTaskSpec) -> Storage:
         ns = w.task.ref.namespace
         data = api(lambda: w.ctx.kube.read_secret_data(ns, secret))
         if data is None:
-            w.commit(with_phase(w.cond("DataReady", "False", "SecretNotFound",
-                                       f"waiting for Secret {ns}/{secret}"), "Pending",
-                                f"waiting for Secret {ns}/{secret} (spec.storage.credentialsSecret)",
-                                generation=w.task.generation))
+            w.commit(*transitions.waiting_for_secret(w.status, ns, secret, w.at()))
             raise kopf.TemporaryError(f"Secret {ns}/{secret} not found", delay=RETRY_LATER)
         try:
             creds = Credentials.from_secret_data(data, secret_name=secret)
@@ -194,10 +192,10 @@ def storage_for(w: Writer, spec: FineTuneTaskSpec) -> Storage:
     return w.ctx.storage(s3_endpoint(spec, w.ctx.settings), spec.storage.region, creds)
 
 
-def retry_later(w: Writer, cond_type: Any, message: str) -> None:
+def retry_later(w: Writer, cond_type: ConditionType, message: str) -> NoReturn:
     """An outage: say so in the condition (status stays truthful), then back off and retry."""
     msg = f"{message}; retrying in {RETRY_SOON:.0f}s"
-    w.commit(w.cond(cond_type, "Unknown", "Retrying", msg))
+    w.commit(*transitions.retrying(w.status, cond_type, msg, w.at()))
     raise kopf.TemporaryError(w.scrub(msg), delay=RETRY_SOON)
 
 

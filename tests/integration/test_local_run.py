@@ -3,7 +3,9 @@ of the tiny offline model in a real trainer subprocess. Nothing is mocked.
 
 Checks what a user relies on: the printed status and table say what metrics.json says; a second
 run of the same task reuses the prepared split (same sha256) and the complete run; Ctrl-C during
-training leaves no COMPLETE marker, so the next run trains again; bad input is one line, exit 2.
+training leaves no COMPLETE marker, so the next run trains again; bad input is one line, exit 2;
+a task the cluster would skip or hold (infrequent, too few samples, suspended) ends the same way
+locally, with the same reason and message, before any trainer starts (local files, no S3).
 """
 
 from __future__ import annotations
@@ -157,3 +159,46 @@ def test_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert cli.main(args) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(("change", "phase", "cond_type", "reason", "message"), [
+    ({"infrequent": True}, "Skipped", "ConfigRendered", "Infrequent",
+     "spec.infrequent is set: data prepared and checked, no GPU spent"),
+    ({"dataset": {"minSamples": 500}}, "Skipped", "DataReady", "TooFewSamples",
+     "need minSamples 500"),
+    ({"suspend": True}, "Suspended", "JobCreated", "Suspended",
+     "spec.suspend is true: no Job is created until it is false"),
+], ids=["infrequent", "too-few-samples", "suspended"])
+def test_local_run_stops_where_the_cluster_would(
+        change: dict, phase: str, cond_type: str, reason: str, message: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The phase, condition, reason and message a cluster run writes (the e2e tests check the
+    cluster's side), exit 0, and the trainer never started."""
+    import io
+
+    from finetune_dev import local
+
+    def no_trainer(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the trainer started")
+
+    monkeypatch.setattr(local, "run_trainer", no_trainer)
+    task = demo_tasks.generate("ticket-triage", 120)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / task.filename).write_bytes(task.data_bytes())
+    doc = demo_tasks.task_document(task, data_uri=str(tmp_path / "data") + "/",
+                                   output_uri=str(tmp_path / "runs"), base_model="unused/model",
+                                   namespace="test")
+    for key, value in change.items():
+        doc["spec"][key] = ({**doc["spec"][key], **value} if isinstance(value, dict)
+                            else value)
+    path = tmp_path / "task.yaml"
+    path.write_text(yaml.safe_dump(doc))
+
+    [res] = local.run_tasks([str(path)], out=io.StringIO(), say=lambda _: None)
+    assert res.exit_code == 0 and res.status.phase == phase, res.status.message
+    cond = {c.type: c for c in res.status.conditions}
+    assert (cond[cond_type].status, cond[cond_type].reason) == ("False", reason)
+    assert (cond["Ready"].status, cond["Ready"].reason) == ("False", reason)
+    assert message in cond[cond_type].message and message in (res.status.message or "")
+    assert cond["DataReady"].status == ("False" if reason == "TooFewSamples" else "True")
+    assert not Path(res.layout.complete_marker).exists()

@@ -1,6 +1,8 @@
-"""One error type for the trainer: a CamelCase reason, a one-line message, and whether the input
-is at fault (EXIT_BAD_INPUT: the Job's podFailurePolicy fails it without retry) or not
-(EXIT_FAILED). The codes are the contract's (finetune_contract.process)."""
+"""One error type for the trainer: a reason, a one-line message, and whether the input is at
+fault (EXIT_BAD_INPUT: the Job's podFailurePolicy fails it without retry) or not (EXIT_FAILED).
+The codes are the contract's (finetune_contract.process), and so are the reasons
+(finetune_contract.reasons: BAD_INPUT for `bad_input`, the rest of FAILURES for TrainerError;
+tests/unit/test_reasons.py checks every raise site against them)."""
 
 from __future__ import annotations
 
