@@ -86,6 +86,9 @@ def identity(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iden
     return operator_identity(cluster, tmp_path_factory.mktemp("identity"), chart_rbac())
 
 
+_session_operators: list[OperatorProcess] = []  # the session operator, once something started it
+
+
 @pytest.fixture(scope="session")
 def operator_process(identity: Identity, node: Node, tmp_path_factory: pytest.TempPathFactory
                      ) -> Iterator[OperatorProcess]:
@@ -93,9 +96,19 @@ def operator_process(identity: Identity, node: Node, tmp_path_factory: pytest.Te
     proc = OperatorProcess(identity.kubeconfig, work / "operator.log",
                            **OPERATOR_TEST_SETTINGS)
     proc.start()
+    _session_operators.append(proc)
     try:
         yield proc
     finally:
+        proc.stop()
+
+
+@pytest.fixture()
+def no_session_operator() -> None:
+    """For tests that must be the only writer of their tasks (or run an operator of their own):
+    stop the cluster-wide session operator if an earlier test started it, whatever the order
+    of the tests; the `operator` fixture starts it again for the next test that needs it."""
+    for proc in _session_operators:
         proc.stop()
 
 

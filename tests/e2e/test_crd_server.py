@@ -4,10 +4,8 @@ Everything here is the apiserver's own work on crds/finetunetasks.finetune.v-sek
 (applied by the session's `cluster` fixture): structural-schema defaulting and pruning, OpenAPI
 validation (422 naming the field), the printer columns and `kubectl explain` (the real kubectl,
 admin kubeconfig), and the status subresource. No operator may run: the test must be the only
-writer of these tasks' status. The session's operator starts with the first test that asks for
-it, and in file order this module runs before any of them; a session that starts the operator
-first (e.g. `pytest test_lifecycle.py test_crd_server.py`) would have it reconcile these tasks
-and race the status assertions.
+writer of these tasks' status (the `no_session_operator` fixture stops the session's operator if
+an earlier test started it).
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ from finetune_operator.spec import FineTuneTaskSpec, TrainingSpec
 
 from .harness import Cluster
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("no_session_operator")]
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "finetunetasks.finetune.v-sekai.org.yaml"

@@ -7,8 +7,8 @@ the operator: the control plane has no Deployment controller and these tests do 
 accepts and keeps: every object of a release on the server and gone after uninstall, the CRD
 adopted and kept by `crds.keep`, FineTuneTasks and S3 artifacts untouched by uninstall, and the
 ServiceMonitor/PrometheusRule only where the monitoring.coreos.com CRDs are served. As in
-test_crd_server.py, the session's operator must not be running yet (file order sees to it): it
-would reconcile the task whose status the uninstall test checks.
+test_crd_server.py, the session's operator must not run (`no_session_operator`): it would
+reconcile the task whose status the uninstall test checks.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from finetune_operator import GROUP, PLURAL, VERSION
 
 from .harness import Cluster, wait_for
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("no_session_operator")]
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "finetune-operator"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,16 +35,10 @@ def _healthz(port: int) -> bool:
         return False
 
 
-@pytest.fixture()
-def session_operator_paused(operator_process: OperatorProcess) -> Iterator[None]:
-    """The cluster-wide session operator would handle these namespaces' tasks too."""
-    operator_process.stop()
-    yield
-
 
 @pytest.mark.slow
 def test_namespace_scoped_operator_with_role_only_permissions(
-        cluster: Cluster, session_operator_paused: None, s3_server: S3Server,
+        cluster: Cluster, no_session_operator: None, s3_server: S3Server,
         task_storage: Storage, tmp_path: Path) -> None:
     docs = chart_rbac("watchNamespaces={" + ",".join(WATCHED) + "}",
                       "serviceAccount.name=scoped", "fullnameOverride=scoped")

@@ -8,7 +8,7 @@ audit log), so no grant is there without a use.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -129,19 +129,12 @@ def test_the_shipped_role_is_enough_and_every_grant_is_used(
     assert {c.rbac for c in calls} - granted == set()
 
 
-@pytest.fixture()
-def session_operator_paused(operator_process: OperatorProcess) -> Iterator[None]:
-    """The session's operator would handle the probe's task too: stop it meanwhile (the
-    `operator` fixture restarts it for later tests)."""
-    operator_process.stop()
-    yield
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dropped", sorted(grants_of(shipped_role())),
                          ids=lambda g: f"{g[0]}-{g[1] or 'core'}-{g[2]}")
 def test_dropping_any_grant_breaks_a_call(
-        dropped: Grant, cluster: Cluster, session_operator_paused: None,
+        dropped: Grant, cluster: Cluster, no_session_operator: None,
         trainer: ScriptedTrainer, task_storage: Storage, s3_server: S3Server,
         tmp_path: Path) -> None:
     verb, group, resource = dropped
