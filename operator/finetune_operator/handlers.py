@@ -5,6 +5,8 @@ and the sync kubernetes client never block the event loop. Deletion needs no fin
 ConfigMap and the Job carry owner references and the garbage collector removes them; artifacts
 in S3 stay; the task's metric series go when its DELETED watch event arrives. (Kopf keeps its own
 finalizer on a task while its timer follows the task's Job, and lifts it when the task is deleted.)
+The operator's state is the one reconcile.Context that startup puts in Kopf's memo (Kopf docs
+memos.rst), never a module-level dict: every handler takes it from its `memo`.
 """
 
 from __future__ import annotations
@@ -23,12 +25,7 @@ from .resources import DOMAIN, LABEL_MANAGED_BY, MANAGED_BY, TaskRef
 from .settings import OperatorSettings
 
 SETTINGS = OperatorSettings()  # validated at import: a bad FINETUNE_* variable fails fast
-_STATE: dict[str, Any] = {}
 FOLLOWED_PHASES = ("Training", "Suspended")
-
-
-def _ctx() -> Context:
-    return _STATE["ctx"]
 
 
 def _counted(fn: Callable[..., None]) -> Callable[..., None]:
@@ -48,8 +45,12 @@ def _counted(fn: Callable[..., None]) -> Callable[..., None]:
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """The one place that configures Kopf, the API client and the metrics server."""
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """The one place that configures Kopf, the API client and the metrics server.
+
+    The operator's state (the Context: API client, per-task locks, S3 clients) goes into the
+    operator's memo; Kopf hands every handler a shallow copy of it, so all share one Context.
+    """
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=DOMAIN)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=DOMAIN, key="last-handled-configuration")
@@ -67,33 +68,33 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # (403) and retried through its backoffs for about a minute before serving the listed names.
     settings.scanning.disabled = bool(SETTINGS.namespaces)
     load_config()
-    _STATE["ctx"] = Context(SETTINGS, Kube())
-    if SETTINGS.metrics_port and not _STATE.get("metrics_served"):
+    memo.ctx = Context(SETTINGS, Kube())
+    if SETTINGS.metrics_port and not memo.get("metrics_served"):  # a retried startup: once
         metrics.serve(SETTINGS.metrics_port)
-        _STATE["metrics_served"] = True
+        memo.metrics_served = True
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 @_counted
-def apply(body: Any, **_: Any) -> None:
-    apply_now(Task.from_body(body), _ctx())
+def apply(body: Any, memo: kopf.Memo, **_: Any) -> None:
+    apply_now(Task.from_body(body), memo.ctx)
 
 
 @kopf.on.field(GROUP, VERSION, PLURAL, field="spec.suspend",
                when=lambda old, new, **_: bool(old) != bool(new))
 @_counted
-def suspend(body: Any, **_: Any) -> None:
-    suspend_changed(Task.from_body(body), _ctx())
+def suspend(body: Any, memo: kopf.Memo, **_: Any) -> None:
+    suspend_changed(Task.from_body(body), memo.ctx)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.poll_interval,
             initial_delay=SETTINGS.poll_interval,  # a Job just created has nothing to say yet
             when=lambda status, **_: status.get("phase") in FOLLOWED_PHASES)
 @_counted
-def follow_job(body: Any, **_: Any) -> None:
-    follow(Task.from_body(body), _ctx())
+def follow_job(body: Any, memo: kopf.Memo, **_: Any) -> None:
+    follow(Task.from_body(body), memo.ctx)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, when=lambda type, **_: type == "DELETED")
@@ -110,13 +111,13 @@ def _finished(body: Any, **_: Any) -> bool:
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY}, when=_finished)
 @_counted
-def job_finished(body: Any, **_: Any) -> None:
+def job_finished(body: Any, memo: kopf.Memo, **_: Any) -> None:
     """A Job finished: report it now rather than at the next timer tick."""
     meta = body.get("metadata") or {}
     for owner in meta.get("ownerReferences") or []:
         if owner.get("kind") == "FineTuneTask":
             ref = TaskRef(owner["name"], meta.get("namespace") or "default", owner.get("uid", ""))
-            follow(Task(ref, None, {}, {}), _ctx())
+            follow(Task(ref, None, {}, {}), memo.ctx)
 
 
 def run_operator() -> int:
