@@ -191,15 +191,83 @@ class TrainPoint(_Model):
     loss: float
 
 
+class Interval(_Model):
+    """A 95% Wilson score interval of a proportion (exact match is one: a share of records)."""
+
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"[{self.low:.2f}-{self.high:.2f}]"
+
+
+class Baseline(_Model):
+    """A trivial predictor built from the train split alone, scored on the validation split by
+    the evaluator's own comparison (trimmed answer equals trimmed reference)."""
+
+    name: str = Field(description="majorityLabel, labelPrior, copyInput, commonAnswer, fieldModes.")
+    label: str = Field(description="What a message calls it, e.g. 'the majority label'.")
+    exact_match: float
+    correct: int = Field(description="Validation records it answered exactly.")
+    expected_exact_match: float | None = Field(
+        None, description="labelPrior only: exact match expected when sampling the train prior "
+                          "(exactMatch is one seeded sample of it).")
+
+
+class Comparison(_Model):
+    """The tuned model against its strongest reference (the base model or a baseline): an exact
+    one-sided sign test (McNemar) on the records where exactly one of the two is right."""
+
+    against: str = Field(description="'base' or a Baseline name.")
+    label: str = Field(description="What a message calls it, e.g. 'the majority label'.")
+    reference: float = Field(description="Its exact match.")
+    tuned: float
+    samples: int
+    tuned_only: int = Field(description="Records the tuned model got right and it got wrong.")
+    reference_only: int = Field(description="Records it got right and the tuned model wrong.")
+    p_value: float = Field(description="P(tunedOnly or more of the discordant records | no "
+                                       "difference), exact binomial with p = 1/2.")
+    alpha: float = 0.05
+    significant: bool = Field(description="pValue < alpha: the tuned model beats it.")
+
+
 class ExactMatch(_Model):
     base: float
     tuned: float
     samples: int
+    base_interval: Interval | None = None
+    tuned_interval: Interval | None = None
+    answer_shape: Literal["labels", "json", "text"] | None = Field(
+        None, description="The train answers' shape, which chose the baselines.")
+    baselines: list[Baseline] = Field(default_factory=list)
+    comparison: Comparison | None = Field(
+        None, description="Against the reference the tuned model beats least convincingly "
+                          "(highest p-value); the noGain verdict follows it.")
+
+    def compact(self) -> str:
+        """'EM 0.90 [0.74-0.97]': the tuned score and its interval."""
+        return f"EM {self.tuned:.2f}" + (f" {self.tuned_interval}" if self.tuned_interval else "")
+
+    def headline(self) -> str | None:
+        """The tuned model against its strongest reference, the line a status, an Event, the
+        table and the report lead with, e.g. 'no gain over the majority label (0.30 vs 0.30 on
+        30 records, p=0.59); EM 0.30 [0.17-0.48]'. None without a comparison."""
+        c = self.comparison
+        if c is None:
+            return None
+        p = f"p={c.p_value:.2g}" if c.p_value >= 0.001 else "p<0.001"
+        stats = f"{c.tuned:.2f} vs {c.reference:.2f} on {c.samples} records, {p}"
+        if not c.significant:
+            return f"no gain over {c.label} ({stats}); {self.compact()}"
+        return f"{self.compact()}, beats {c.label} by {c.tuned - c.reference:+.2f} ({stats})"
 
 
 class Verdicts(_Model):
     overfit: bool = Field(description="Eval loss rose for the whole patience window.")
-    no_gain: bool = Field(description="Tuned eval loss is not below the base model's.")
+    no_gain: bool = Field(description="With exact match: the tuned model does not beat the base "
+                                      "model and every trivial baseline by a paired test "
+                                      "(exactMatch.comparison). Without: tuned eval loss is not "
+                                      "below the base model's.")
 
 
 class SearchCandidate(_Model):

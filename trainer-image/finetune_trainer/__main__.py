@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
                           TerminationMessage(ok=False, reason="Internal", message=text).encode())
         print(f"finetune-trainer: Internal: {one_line(text)}", file=sys.stderr, flush=True)
         return EXIT_FAILED
-    summary = (f"eval loss {metrics.base_eval_loss:.4f} -> {metrics.eval_loss:.4f} "
-               f"({metrics.improvement:+.1%}), best step {metrics.best_step}")
+    from .report import headline
+
+    summary = headline(metrics)
     write_termination(args.termination_log, TerminationMessage(
         ok=True, reason="Succeeded", message=summary, base_eval_loss=metrics.base_eval_loss,
         eval_loss=metrics.eval_loss, metrics_uri=layout.metrics).encode())
@@ -87,7 +88,7 @@ def _layout(run_uri: str) -> RunLayout:
 def run(args: argparse.Namespace, layout: RunLayout, work: Path):  # type: ignore[no-untyped-def]
     from finetune_contract.storage import Storage
 
-    from . import evaluate, fetch, report, search, train
+    from . import baselines, evaluate, fetch, report, search, train
 
     started = time.monotonic()
     clock = train.StageClock()
@@ -156,11 +157,14 @@ def run(args: argparse.Namespace, layout: RunLayout, work: Path):  # type: ignor
     reported = ({"measured": measured.wire()} if budget is None else budget.model_copy(update={
         "measured": measured, "sequence_len_fitted": seq_len if seq_len != configured else None,
     }).wire())
+    scored = (baselines.baselines(inputs.train_records, inputs.validation_records)
+              if tuned.correct is not None else None)
     metrics = report.build_metrics(
         run_id=inputs.manifest.run_id, base=base, tuned=tuned, state=result.state, config=cfg,
         budget=reported, wall_seconds=time.monotonic() - started, adapter_uri=layout.adapter,
         adapter_digest=report.adapter_digest(result.best_checkpoint), real_train_tokens=real_tokens,
-        search=outcome.report if outcome else None, stage_seconds=clock.seconds())
+        search=outcome.report if outcome else None, stage_seconds=clock.seconds(),
+        baselines=scored)
     clock.enter("upload", step=step, maxSteps=max_steps)
     report.upload(storage, layout, result.best_checkpoint, metrics, extra)
     clock.enter("done", step=step, maxSteps=max_steps)

@@ -4,7 +4,8 @@ Mean loss over answer tokens only, masked as in training (Axolotl's chat_templat
 roles_to_train [assistant] and train_on_eos turn: the answer content and its end-of-turn token;
 completion records: every token), token-weighted over EVERY validation record. Axolotl's own
 packed evaluation drops the last incomplete batch, so its numbers are not what we report.
-Greedy exact match is added when answers are short.
+Greedy exact match is added when answers are short, with each record's hit or miss: the noGain
+verdict pairs them with the trivial baselines' on the same records (baselines.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .baselines import same_answer
 
 EXACT_MATCH_MAX_TOKENS = 96  # covers short JSON extractions (~60 tokens), not free prose
 BATCH = 8
@@ -33,6 +36,7 @@ class EvalResult:
     tokens: int
     records: int
     exact_match: float | None = None
+    correct: list[bool] | None = None  # per validation record, in order (with exact_match)
 
 
 def encode(tokenizer: Any, record: dict[str, Any], shape: str) -> Encoded:
@@ -127,8 +131,8 @@ def _stop_on_divergence(references: list[list[int]], start: int) -> Any:
     return Diverged()
 
 
-def exact_match(model: Any, tokenizer: Any, encoded: list[Encoded]) -> float:
-    """Greedy answers compared with the reference after trimming whitespace.
+def exact_match(model: Any, tokenizer: Any, encoded: list[Encoded]) -> list[bool]:
+    """Per record: the greedy answer equals the reference after trimming whitespace.
 
     Prompts are decoded in left-padded batches: one record at a time, a CPU spends its time
     reading the weights once per token per record.
@@ -139,7 +143,7 @@ def exact_match(model: Any, tokenizer: Any, encoded: list[Encoded]) -> float:
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     max_new = max(len(e.input_ids) - e.prompt_len for e in encoded) + 2
-    hits = 0
+    hits: list[bool] = []
     with torch.no_grad():
         for start in range(0, len(encoded), GENERATE_BATCH):
             batch = encoded[start:start + GENERATE_BATCH]
@@ -161,8 +165,8 @@ def exact_match(model: Any, tokenizer: Any, encoded: list[Encoded]) -> float:
                 cut = next((k for k, tok in enumerate(gen) if k >= len(ref) or tok != ref[k]),
                            len(gen))
                 text = tokenizer.decode(gen[: cut + 1], skip_special_tokens=True)
-                hits += text.strip() == e.answer.strip()
-    return hits / len(encoded)
+                hits.append(same_answer(text, e.answer))
+    return hits
 
 
 def short_answers(encoded: list[Encoded]) -> bool:
@@ -178,6 +182,7 @@ def evaluate(model_dir: str | Path, tokenizer: Any, records: list[dict[str, Any]
     loss, tokens = answer_loss(model, tokenizer, encoded)
     if with_exact_match is None:
         with_exact_match = shape == "messages" and short_answers(encoded)
-    em = exact_match(model, tokenizer, encoded) if with_exact_match else None
+    hits = exact_match(model, tokenizer, encoded) if with_exact_match and encoded else None
     del model
-    return EvalResult(loss=loss, tokens=tokens, records=len(records), exact_match=em)
+    return EvalResult(loss=loss, tokens=tokens, records=len(records),
+                      exact_match=sum(hits) / len(hits) if hits else None, correct=hits)

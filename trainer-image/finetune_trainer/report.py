@@ -1,9 +1,11 @@
 """metrics.json (contract.Metrics) from the evaluations and Axolotl's trainer state, verdicts,
 and the upload in the order the operator relies on: adapter, then metrics.json, then COMPLETE.
 
-Verdicts (issue 3/7): `overfit` when early stopping fired and the eval loss at the end sits above
-the best by more than 1% (it rose for the patience window rather than plateaued); `noGain` when
-our tuned loss is not below our base loss on the same validation split.
+Verdicts (issue 3/7/18): `overfit` when early stopping fired and the eval loss at the end sits
+above the best by more than 1% (it rose for the patience window rather than plateaued). `noGain`,
+with exact match: the tuned model does not beat the base model and every trivial baseline by the
+paired test of baselines.py (a lower loss than the base's is almost free: the base does not know
+the answer format); without exact match (long answers): tuned loss not below the base's.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from finetune_contract import EvalPoint, ExactMatch, Metrics, RunLayout, TrainPoint, Verdicts
+from finetune_contract.run import Baseline, Comparison
 from finetune_contract.storage import Storage
+
+from . import baselines as B
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json",
                  "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
@@ -44,19 +49,49 @@ def histories(state: dict[str, Any]) -> tuple[list[EvalPoint], list[TrainPoint]]
 
 
 def verdicts(evals: list[EvalPoint], *, stopped_early: bool, base: float, tuned: float,
-             patience: int) -> Verdicts:
+             patience: int, comparison: Comparison | None = None) -> Verdicts:
     overfit = False
     if evals and stopped_early:
         best = min(e.eval_loss for e in evals)
         after = evals[[e.eval_loss for e in evals].index(best) + 1:]
         overfit = len(after) >= max(patience, 1) and after[-1].eval_loss > best * (1 + OVERFIT_RISE)
-    return Verdicts(overfit=overfit, no_gain=not tuned < base)
+    no_gain = not comparison.significant if comparison else not tuned < base
+    return Verdicts(overfit=overfit, no_gain=no_gain)
+
+
+Scored = tuple[B.Shape, list[Baseline], dict[str, list[bool]]]
+
+
+def exact_match(base: Any, tuned: Any, scored: Scored | None) -> ExactMatch | None:
+    """Exact match of base and tuned with their intervals, the baselines (`scored`, from
+    baselines.baselines on the same validation records) and the paired comparison."""
+    if base.exact_match is None or tuned.exact_match is None:
+        return None
+    n = tuned.records
+    shape, scores, per_record = scored or (None, [], {})
+    comparison = None
+    if base.correct is not None and tuned.correct is not None:
+        comparison = B.compare(tuned.correct, {"base": base.correct, **per_record})
+    return ExactMatch(
+        base=base.exact_match, tuned=tuned.exact_match, samples=n,
+        base_interval=B.wilson(round(base.exact_match * n), n),
+        tuned_interval=B.wilson(round(tuned.exact_match * n), n),
+        answer_shape=shape, baselines=scores, comparison=comparison)
+
+
+def headline(m: Metrics) -> str:
+    """The termination message's summary: the comparison first, the loss after it."""
+    loss = (f"eval loss {m.base_eval_loss:.4f} -> {m.eval_loss:.4f} ({m.improvement:+.1%}), "
+            f"best step {m.best_step}")
+    lead = m.exact_match.headline() if m.exact_match else None
+    return f"{lead}; {loss}" if lead else loss
 
 
 def build_metrics(*, run_id: str, base: Any, tuned: Any, state: dict[str, Any], config: dict[str, Any],
                   budget: dict[str, Any], wall_seconds: float, adapter_uri: str,
                   adapter_digest: str | None, real_train_tokens: int,
-                  search: Any = None, stage_seconds: dict[str, float] | None = None) -> Metrics:
+                  search: Any = None, stage_seconds: dict[str, float] | None = None,
+                  baselines: Scored | None = None) -> Metrics:
     evals, trains = histories(state)
     # Axolotl evaluates at step 0 too: that is the base model on its packed eval, not training.
     evals = [e for e in evals if e.step > 0] or evals
@@ -72,9 +107,7 @@ def build_metrics(*, run_id: str, base: Any, tuned: Any, state: dict[str, Any], 
         # real tokens seen = epochs run x real tokens of the split; computed = token slots filled
         efficiency = round(min(1.0, epochs * real_train_tokens / computed), 4)
     train_summary = next((e for e in reversed(state.get("log_history", [])) if "train_loss" in e), {})
-    exact = None
-    if base.exact_match is not None and tuned.exact_match is not None:
-        exact = ExactMatch(base=base.exact_match, tuned=tuned.exact_match, samples=tuned.records)
+    exact = exact_match(base, tuned, baselines)
     return Metrics(
         run_id=run_id, base_eval_loss=base.loss, eval_loss=tuned.loss,
         improvement=Metrics.relative_improvement(base.loss, tuned.loss),
@@ -87,7 +120,7 @@ def build_metrics(*, run_id: str, base: Any, tuned: Any, state: dict[str, Any], 
         packing_efficiency=efficiency, wall_seconds=round(wall_seconds, 2), versions=versions(),
         exact_match=exact,
         verdicts=verdicts(evals, stopped_early=stopped_early, base=base.loss, tuned=tuned.loss,
-                          patience=patience),
+                          patience=patience, comparison=exact and exact.comparison),
         adapter_uri=adapter_uri, adapter_digest=adapter_digest, budget=budget, search=search,
         stage_seconds=stage_seconds or {},
     )
