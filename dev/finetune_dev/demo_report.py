@@ -57,7 +57,9 @@ def write_report(results: list[Any], tasks: dict[str, Any], out_dir: Path, *, mo
              f"Base model: `{model}`. Wall time: {wall_s:.0f} s for {len(results)} tasks. Every "
              "figure below comes from the run's `metrics.json` (the same file the operator reads "
              "into the task's status). Exact match is the share of validation records whose "
-             "generated answer equals the reference exactly.", "",
+             "generated answer equals the reference exactly; [low-high] is its 95% Wilson "
+             "interval, and 'vs strongest' is the paired test against the best of the base "
+             "model and the trivial baselines (docs/trainer.md, Verdicts).", "",
              markdown_table([r.row for r in results]), ""]
     for res in results:
         task = tasks.get(res.name)
@@ -77,9 +79,17 @@ def write_report(results: list[Any], tasks: dict[str, Any], out_dir: Path, *, mo
             lines += ["(install matplotlib, e.g. `pip install 'finetune-operator[dev]'`, for the "
                       "loss curves)", ""]
         em = m.exact_match
+        lead = em.headline() if em else None
+        if em and lead:  # the comparison against the strongest reference leads
+            lines += [f"- **{lead}**"]
+            lines += [f"- baseline {b.label}: exact match {b.exact_match:.2f}"
+                      + (f" (expected {b.expected_exact_match:.2f})"
+                         if b.expected_exact_match is not None else "")
+                      for b in em.baselines]
         lines += [f"- eval loss {m.base_eval_loss:.4f} (base) -> {m.eval_loss:.4f} (tuned), "
                   f"improvement {m.improvement:+.1%}",
                   f"- exact match {em.base:.0%} -> {em.tuned:.0%} on {em.samples} validation records"
+                  + (f", tuned 95% interval {em.tuned_interval}" if em.tuned_interval else "")
                   if em else "- exact match: not measured",
                   f"- best step {m.best_step}, epochs run {m.epochs_run}, stopped early: "
                   f"{'yes' if m.stopped_early else 'no'}, overfit gap {m.overfit_gap:.4f}",

@@ -55,6 +55,9 @@ class Row:
     improvement: float | None = None
     em_base: float | None = None
     em_tuned: float | None = None
+    em: str = ""             # "EM 0.90 [0.74-0.97]": the tuned score and its 95% interval
+    versus: str = ""         # the strongest reference it was tested against, e.g.
+                             # "the majority label 0.30, p<0.001"
     stopped_early: bool | None = None
     verdict: str = ""
     adapter: str = ""
@@ -66,6 +69,15 @@ def verdict(m: Metrics) -> str:
     return "no gain" if m.verdicts.no_gain else "overfit" if m.verdicts.overfit else "ok"
 
 
+def versus(m: Metrics) -> str:
+    """The comparison the verdict follows, compactly: what the tuned model was tested against."""
+    c = m.exact_match.comparison if m.exact_match else None
+    if c is None:
+        return ""
+    p = f"p={c.p_value:.2g}" if c.p_value >= 0.001 else "p<0.001"
+    return f"{c.label} {c.reference:.2f}, {p}"
+
+
 def row_for(task: str, status: FineTuneTaskStatus, manifest: Manifest | None,
             m: Metrics | None, wall_s: float | None, reused: bool = False) -> Row:
     row = Row(task=task, phase=status.phase, wall_s=wall_s, reused=reused)
@@ -75,6 +87,7 @@ def row_for(task: str, status: FineTuneTaskStatus, manifest: Manifest | None,
         row.base_loss, row.tuned_loss, row.improvement = m.base_eval_loss, m.eval_loss, m.improvement
         if m.exact_match is not None:
             row.em_base, row.em_tuned = m.exact_match.base, m.exact_match.tuned
+            row.em, row.versus = m.exact_match.compact(), versus(m)
         row.stopped_early, row.verdict, row.adapter = m.stopped_early, verdict(m), m.adapter_uri
     elif status.message:
         row.verdict = one_line(status.message, 60)
@@ -85,17 +98,19 @@ def _f(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-COLUMNS = ("task", "phase", "kept", "dropped", "base loss", "tuned loss", "improvement",
-           "exact match", "stopped early", "verdict", "wall", "adapter")
+# The comparison against the strongest reference leads; the loss figures follow.
+COLUMNS = ("task", "phase", "kept", "dropped", "exact match", "vs strongest", "verdict",
+           "base loss", "tuned loss", "improvement", "stopped early", "wall", "adapter")
 
 
 def cells(row: Row) -> list[str]:
-    em = ("-" if row.em_tuned is None else f"{_f(row.em_base, '.0%')} -> {_f(row.em_tuned, '.0%')}")
+    em = row.em or ("-" if row.em_tuned is None
+                    else f"{_f(row.em_base, '.0%')} -> {_f(row.em_tuned, '.0%')}")
     wall = "-" if row.wall_s is None else f"{row.wall_s:.0f}s" + (" (reused)" if row.reused else "")
     early = "-" if row.stopped_early is None else ("yes" if row.stopped_early else "no")
-    return [row.task, row.phase, _f(row.kept, "d"), _f(row.dropped, "d"), _f(row.base_loss, ".4f"),
-            _f(row.tuned_loss, ".4f"), _f(row.improvement, "+.1%"), em, early, row.verdict or "-",
-            wall, row.adapter or "-"]
+    return [row.task, row.phase, _f(row.kept, "d"), _f(row.dropped, "d"), em, row.versus or "-",
+            row.verdict or "-", _f(row.base_loss, ".4f"), _f(row.tuned_loss, ".4f"),
+            _f(row.improvement, "+.1%"), early, wall, row.adapter or "-"]
 
 
 def format_table(rows: list[Row], columns: tuple[str, ...] = COLUMNS) -> str:

@@ -115,6 +115,9 @@ OVERFIT_ADVICE = ("eval loss rose for the whole patience window (overfit gap {ga
 NO_GAIN_ADVICE = ("the tuned adapter does not beat the base model (eval loss {tuned:.4f} vs base "
                   "{base:.4f}). Check that the outputs are consistent and the format detected is "
                   "right, add samples, or raise epochs/learningRate; the base may already know it")
+NO_GAIN_OVER_BASELINE_ADVICE = ("the adapter is not worth serving: it may have learned the answer "
+                                "format, not the task. Try more or cleaner samples, a larger base "
+                                "model, or no fine-tune at all (spec.infrequent)")
 
 
 def metrics_status(m: Metrics) -> MetricsStatus:
@@ -135,10 +138,17 @@ def evaluation(m: Metrics) -> tuple[str, str, bool]:
 
     A run with no gain succeeded as a run but its adapter is not worth serving: Ready=False.
     An overfit run kept its best checkpoint, so it is Ready, with advice in the message.
+    The message leads with the comparison against the strongest of the base model and the
+    trivial baselines (exact match, paired test); the eval loss follows it.
     """
     summary = (f"eval loss {m.eval_loss:.4f} vs base {m.base_eval_loss:.4f} "
                f"({m.improvement:+.1%})")
+    lead = m.exact_match.headline() if m.exact_match else None
+    if lead:
+        summary = f"{lead}; {summary}"
     if m.verdicts.no_gain:
+        if lead:
+            return R.NO_GAIN, f"{summary}; {NO_GAIN_OVER_BASELINE_ADVICE}", False
         return R.NO_GAIN, NO_GAIN_ADVICE.format(tuned=m.eval_loss, base=m.base_eval_loss), False
     if m.search:
         won = m.search.candidates[m.search.chosen]
