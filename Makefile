@@ -109,7 +109,7 @@ bench-train: venv ## Training throughput with and without sample packing
 	$(PY) bench/bench_train.py
 
 .PHONY: bench-operator
-bench-operator: venv ## 1,000 tasks applied at once against kmock
+bench-operator: venv tools controlplane ## 1,000 tasks applied at once on a real control plane; baseline: the apiserver alone creating the Jobs
 	$(PY) bench/bench_operator.py
 
 .PHONY: bench-quality

@@ -100,6 +100,7 @@ class ControlPlane:
     etcd_port: int = field(default_factory=free_port)
     apiserver_port: int = field(default_factory=free_port)
     audit: bool = False  # record every request in <state_dir>/audit.log
+    audit_policy: dict[str, Any] | None = None  # replaces AUDIT_POLICY (e.g. Metadata only)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -172,7 +173,7 @@ class ControlPlane:
         if not self.audit:
             return []
         policy = self.state_dir / "audit-policy.yaml"
-        policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+        policy.write_text(yaml.safe_dump(self.audit_policy or AUDIT_POLICY))
         return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
                 "--audit-log-format=json", "--audit-log-mode=blocking",
                 "--audit-log-maxsize=0"]
