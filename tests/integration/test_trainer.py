@@ -89,12 +89,27 @@ def test_trainer_beats_the_base_model(storage: Storage, bucket: str, s3_server: 
           f"stopped early {metrics.stopped_early} at {metrics.eval_history[-1].step}")
     assert metrics.eval_loss < 0.75 * metrics.base_eval_loss, metrics.to_json()
     assert metrics.validation_samples == 30
-    assert not metrics.verdicts.no_gain
+    # Not `not noGain`: since issue 18 noGain asks for an exact match beyond the base model AND
+    # the trivial baselines by a paired test. Measured on this run: the tiny model learns the
+    # answer format in 48 CPU steps, not the labels (EM 0.13 [0.05-0.30] vs the majority
+    # label's 0.17, p=0.75), so the verdict is, honestly, noGain; the loss gain over the base
+    # is what is asserted above.
     assert metrics.budget["evaluations"] >= 8 and metrics.best_step is not None
     assert len(metrics.eval_history) >= 8 or metrics.stopped_early
     assert metrics.budget["maxSteps"] == 48 and metrics.budget["measured"]["recordsOverSequenceLen"] == 0
     assert any("pad token" in n for n in metrics.budget["measured"]["tokenizerNotes"])
     assert metrics.exact_match is not None and metrics.exact_match.samples == 30
+    # Issue 18: a 4-label task's baselines, the 95% intervals and the paired comparison, which
+    # the termination message leads with.
+    em = metrics.exact_match
+    assert em.answer_shape == "labels"
+    assert {b.name for b in em.baselines} == {"majorityLabel", "labelPrior"}
+    assert em.tuned_interval is not None and em.base_interval is not None
+    assert em.tuned_interval.low <= em.tuned <= em.tuned_interval.high
+    assert em.comparison is not None and em.comparison.samples == 30
+    assert em.comparison.significant == (not metrics.verdicts.no_gain)
+    assert term.message.startswith(em.headline() or "-"), term.message
+    print(term.message)
     assert 0 < (metrics.packing_efficiency or 0) <= 1
     assert {"axolotl", "torch", "transformers", "peft"} <= set(metrics.versions)
     progress = [json.loads(line.split(" ", 1)[1]) for line in out.splitlines()
@@ -140,7 +155,7 @@ def test_search_chooses_on_a_train_slice_and_never_on_the_validation_split(
     assert set(selection.decode().splitlines()) <= set(storage.read_text(layout.train).splitlines())
 
     # Only the winner met the validation split: its adapter is the shipped one and it beats base.
-    assert metrics.eval_loss < metrics.base_eval_loss and not metrics.verdicts.no_gain
+    assert metrics.eval_loss < metrics.base_eval_loss  # noGain: see test_trainer_beats_the_base_model
     assert metrics.validation_samples == manifest.validation_samples == 30
     assert {"search", "evaluate-base", "evaluate-tuned"} <= set(metrics.stage_seconds)
     stages = {json.loads(line.split(" ", 1)[1])["stage"] for line in out.splitlines()

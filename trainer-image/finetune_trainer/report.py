@@ -120,7 +120,7 @@ def build_metrics(*, run_id: str, base: Any, tuned: Any, state: dict[str, Any], 
         packing_efficiency=efficiency, wall_seconds=round(wall_seconds, 2), versions=versions(),
         exact_match=exact,
         verdicts=verdicts(evals, stopped_early=stopped_early, base=base.loss, tuned=tuned.loss,
-                          patience=patience, comparison=exact and exact.comparison),
+                          patience=patience, comparison=exact.comparison if exact else None),
         adapter_uri=adapter_uri, adapter_digest=adapter_digest, budget=budget, search=search,
         stage_seconds=stage_seconds or {},
     )
