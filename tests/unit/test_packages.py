@@ -27,6 +27,10 @@ ALLOWED = {"finetune_contract": set(),
            "finetune_operator": {"finetune_contract"},
            "finetune_dev": {"finetune_contract", "finetune_operator"}}
 CONTRACT_THIRD_PARTY = {"pydantic", "boto3", "botocore"}
+# What the operator image installs (core dependencies + the `operator` extra), by import name.
+OPERATOR_THIRD_PARTY = CONTRACT_THIRD_PARTY | {"pydantic_settings", "yaml", "pyarrow", "orjson",
+                                               "kopf", "kubernetes", "prometheus_client",
+                                               "urllib3"}
 
 
 def _imports(package: Path) -> set[str]:
@@ -50,6 +54,14 @@ def test_contract_needs_pydantic_and_boto3_only() -> None:
     stdlib = set(sys.stdlib_module_names) | {"__future__"}
     third_party = _imports(PACKAGES["finetune_contract"]) - stdlib - {"finetune_contract"}
     assert third_party <= CONTRACT_THIRD_PARTY, sorted(third_party - CONTRACT_THIRD_PARTY)
+
+
+def test_operator_imports_only_what_its_image_installs() -> None:
+    """pandas, torch, rich...: dev or trainer dependencies, absent from the operator image."""
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    third_party = (_imports(PACKAGES["finetune_operator"]) - stdlib
+                   - {"finetune_operator", "finetune_contract"})
+    assert third_party <= OPERATOR_THIRD_PARTY, sorted(third_party - OPERATOR_THIRD_PARTY)
 
 
 def _copied_folders(dockerfile: Path) -> list[str]:
