@@ -7,9 +7,16 @@ fast path (commit 32e63b5), on:
   - an edge-case corpus (bad bytes, bad JSON, BOM, CRLF, blank lines, NFD text, Unicode spaces,
     numbers/null/bool fields, system prompts, shared prompts, labels, too-long records) that
     sends records down every fallback, in every format and reader, with and without stratifyBy;
-  - strict mode's one-line errors.
+  - strict mode's one-line errors;
+  - objects the columnar path takes (every line one `{...}` record) with text that exercises
+    each of its rules, and objects with one line it must refuse (NaN, a duplicate key, two
+    records on a line, ...): these corpora were added with the columnar path, and their
+    goldens computed by running commit 32e63b5's prepare package on them.
 The manifest is compared after replacing its temporary root and createdAt (the only two things
-in it that change from run to run, with a fixed run id); everything else in it must be byte-identical.
+in it that change from run to run, with a fixed run id); everything else must be identical.
+Each of these mutations of the columnar path fails this file: skipping the NFC check, the
+whitespace check, the JSON escaping, the row-count check or the NaN check, keeping a later
+duplicate, one validation record fewer, one newline instead of two before the input.
 
 Local files under tmp_path only: no server, no network.
 """
@@ -225,6 +232,138 @@ def write_other_formats(folder: Path, fmt: str, seed: int = 5, n: int = 1500) ->
     (folder / "x.jsonl").write_bytes(b"\n".join(lines) + b"\n")
 
 
+# ---- objects the columnar path takes (every line one `{...}` record) ----------------------------
+
+# Text that is valid JSON in every line but exercises every rule of the columnar path. SAFE:
+# what it copies as is (JSON escapes, control characters, U+2028/U+0085 inside a string, which
+# str.splitlines would split at, astral and CJK characters). RISKY: what it must hand to
+# clean_one (NFD, CJK compatibility ideographs that NFC changes, Hangul jamo that NFC
+# composes, a combining mark first, Unicode spaces at either end, empty strings).
+SAFE = ["plain", "café", "tab\there", "new\nline", 'quote"d', "back\\slash", "ctl\x01\x1f", "nul\x00",
+        "del\x7f", "ls\u2028ps\u2029", "nel\x85", "zw\u200bsp", "emoji\U0001F600", "東京", "\ud55c\uae00",
+        "Ω omega"]
+RISKY = ["cafe\u0301", "\u0301accent first", "\uf900 compat", "\u1100\u1161 jamo", "e\u0301\u0327 order",
+         "Å\u212b ohm\u2126", "\U0001d15e note", "\u00a0nbsp", "ideo\u3000", "\x1cfs", "", " ", "\u3000",
+         "\n\t "]
+
+
+PLAIN = "ticket printer login café naïve 東京 résumé refund please help".split()
+
+
+def _tricky(rng: random.Random, words: int) -> str:
+    parts = [rng.choice(RISKY) if rng.random() < 0.03 else rng.choice(SAFE) if rng.random() < 0.3
+             else rng.choice(PLAIN) for _ in range(rng.randint(0, words))]
+    text = " ".join(parts)
+    return _pad(rng, text) if rng.random() < 0.05 else text
+
+
+def columnar_lines(rng: random.Random, n: int, *, system: bool, extra_columns: bool,
+                   ascii_only_escapes: bool = False) -> list[str]:
+    prompts: list[str] = []
+    lines: list[str] = []
+    for i in range(n):
+        if prompts and rng.random() < 0.08:
+            instruction = rng.choice(prompts)
+        else:
+            instruction = " ".join(filter(None, [f"q{i % 613}", _tricky(rng, 8)]))
+            prompts.append(instruction)
+        rec: dict = {"instruction": instruction if rng.random() > 0.02 else rng.choice(["", " ", "\u3000"]),
+                     "output": _tricky(rng, 5) if rng.random() > 0.03 else rng.choice(["", "  "])}
+        if rng.random() < 0.04:
+            rec["instruction"] = "long " * rng.randint(20, 60)
+        r = rng.random()
+        if r < 0.5:
+            rec["input"] = _tricky(rng, 4)
+        elif r < 0.6:
+            rec["input"] = None
+        elif r < 0.65:
+            rec["input"] = rng.choice(["", " ", "\u2028", "\x1f"])
+        if system and rng.random() < 0.6:
+            rec["system"] = rng.choice(["Be brief.", "", "  ", None, "\u00a0sys", _tricky(rng, 3)])
+        if rng.random() < 0.7:
+            rec["label"] = rng.choice(["bug", "billing", "", None, "账单"])
+        if extra_columns:
+            rec["id"] = i
+            rec["ok"] = rng.random() < 0.5
+            rec["score"] = rng.choice([0.5, 1.25, None])
+            rec["when"] = "2024-01-0" + str(1 + i % 9)
+        keys = list(rec)
+        rng.shuffle(keys)
+        lines.append(json.dumps({k: rec[k] for k in keys}, ensure_ascii=ascii_only_escapes or rng.random() < 0.3))
+        if rng.random() < 0.05:
+            lines.append(rng.choice(lines))  # exact duplicate
+    return lines
+
+
+def write_columnar_corpus(folder: Path, seed: int = 21) -> None:
+    rng = random.Random(seed)
+    folder.mkdir(parents=True)
+    (folder / "p1.jsonl").write_text("\n".join(columnar_lines(rng, 2500, system=True, extra_columns=True))
+                                     + "\n", encoding="utf-8")
+    # CRLF, no final newline, ASCII-escaped JSON, no input/system columns at all
+    plain = [{"instruction": f"question {i} {_tricky(rng, 3)}", "output": _tricky(rng, 3)}
+             for i in range(800)]
+    plain += plain[:40]  # duplicates across the file
+    (folder / "p2.jsonl").write_bytes(b"\r\n".join(json.dumps(r).encode() for r in plain))
+    # no backslash anywhere (nothing to escape), a BOM, every record with a system prompt
+    clean = [{"system": rng.choice(["You help.", "Sé breve."]), "instruction": f"pregunta {i} café",
+              "input": rng.choice(["", "más", "東京"]), "output": rng.choice(["sí", "no", "ok"])}
+             for i in range(600)]
+    (folder / "p3.jsonl").write_bytes(b"\xef\xbb\xbf" + "\n".join(
+        json.dumps(r, ensure_ascii=False) for r in clean).encode("utf-8") + b"\n")
+    # the same records as p1 in another order: all of them duplicates of p1's
+    again = columnar_lines(random.Random(seed), 2500, system=True, extra_columns=True)
+    random.Random(1).shuffle(again)
+    (folder / "p4.jsonl").write_text("\n".join(again[:500]) + "\n", encoding="utf-8")
+
+
+FALLBACK_LINES = [
+    '{"instruction": "nan", "output": "x", "score": NaN}',           # pyarrow takes NaN, orjson not
+    '{"instruction": "inf", "output": "x", "score": -Infinity}',
+    '{"instruction": "dup key", "instruction": "second", "output": "y"}',
+    '{"instruction": "two", "output": "a"} {"instruction": "records", "output": "b"}',
+    '{"instruction": "nested", "output": "x", "meta": {"a": [1, 2]}}',
+    '{"instruction": "number", "output": 3.50}',
+    '{"instruction": "null answer", "output": null}',
+    '{"instruction": "missing answer"}',
+    '{"instruction": "lone \\ud800", "output": "x"}',
+    '{"instruction": "big", "output": "x", "n": 123456789012345678901234567890}',
+    '{"instruction": "label number", "output": "x", "label": 3}',
+    ' {"instruction": "leading space", "output": "x"}',
+    '{"instruction": "trailing space", "output": "x"} ',
+]
+
+
+def write_fallback_corpus(folder: Path, seed: int = 23) -> None:
+    """Valid-looking objects with one line the columnar path must refuse (whole object)."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True)
+    for k, bad in enumerate(FALLBACK_LINES):
+        lines = columnar_lines(rng, 120, system=k % 2 == 0, extra_columns=False)
+        lines.insert(rng.randrange(len(lines)), bad)
+        (folder / f"f{k:02d}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    lines = columnar_lines(rng, 120, system=False, extra_columns=False)
+    (folder / "f90.jsonl").write_bytes(b"\n".join(l.encode() for l in lines[:60]) + b"\n\n"
+                                       + b"\n".join(l.encode() for l in lines[60:]) + b"\n")  # blank line
+    (folder / "f91.jsonl").write_bytes("\n".join(lines).encode() + b'\n{"instruction": "caf\xe9", "output": "x"}\n')
+
+
+COLUMNAR_CASES = {
+    "columnar": (write_columnar_corpus, {}),
+    "columnar-stratified": (write_columnar_corpus, {"stratifyBy": "label", "validationFraction": 0.3}),
+    "columnar-maxchars": (write_columnar_corpus, {"maxChars": 90, "seed": 5}),
+    "columnar-fallbacks": (write_fallback_corpus, {}),
+    "columnar-fallbacks-stratified": (write_fallback_corpus, {"stratifyBy": "label", "seed": 8}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COLUMNAR_CASES))
+def test_columnar_corpus_is_byte_identical(tmp_path: Path, case: str) -> None:
+    write, dataset = COLUMNAR_CASES[case]
+    write(tmp_path / "data")
+    assert run(tmp_path, tmp_path / "data", **dataset) == GOLDEN[case]
+
+
 # ---- goldens, from the pipeline before the fast path ------------------------------------------
 
 GOLDEN: dict[str, dict[str, str]] = {
@@ -272,6 +411,33 @@ GOLDEN: dict[str, dict[str, str]] = {
         "train": "71125eba6dc2cb229dda874f595c059078bbbf27c2f4c6a32c74c98636324ef1",
         "validation": "18a52b75f587a83063a9e7b70c79dd60fac2f8b81a5eca97fae7f7509a37c155",
         "manifest": "56008c1707f5801050970767712c34a0e39db17ddf89a8aeeb3c6bd8f325caa1",
+    },
+    # computed by running commit 32e63b5's prepare package (the pipeline before the columnar
+    # path) on the corpora above, which were added with it
+    "columnar": {
+        "train": "daa421639a46a056360a5e2e59864aafc81e25adaee4175a6aecdefc4565d157",
+        "validation": "e9348c327050c9d1f44bb72703a2dc9f9b22ec195477e85e3eee6ac51ad2955e",
+        "manifest": "4b4045ff147f10e42464bd6d106d610128483a02826b883be5e7b81a856a6f46",
+    },
+    "columnar-fallbacks": {
+        "train": "6aed9a4947c877feb40da79f95881c3503ccdfa61fe7ab27e54f7e603cd8ac8a",
+        "validation": "f2badfd4f7a6e0c0719453157457f150f406af9175ec0fe22ee6b498e7192115",
+        "manifest": "44b2f64563d8648fd3c875f6e23f91ed22a727eb05650d0f58ca919784f6ea59",
+    },
+    "columnar-fallbacks-stratified": {
+        "train": "e74ee317c62274111801117134f190054978d4eb9978e6ef37d4a52b86eeb895",
+        "validation": "9a9957549d83885173ecb8d95e3fb472c8f29964572c708b6ddf1e7f0d728f83",
+        "manifest": "892ab269228120147b468b1c1f9f2d8c737669bb740b97dc81641f648b060ee5",
+    },
+    "columnar-maxchars": {
+        "train": "0e3c03922cb4c76e827bc17c8d71049bce122757bb878f81a8dc805e3d501cc9",
+        "validation": "582983f0c654cbbf9064d0abd6ffc6a058ed78b5065e711fb3a3f2954751bdd8",
+        "manifest": "e35059607236553d2b89b7efc9b60268a0e76396ed4a7a4cf7445c9cff5e00a5",
+    },
+    "columnar-stratified": {
+        "train": "96838ce4eeb0a4f3cd344f7f9a0ef47dd4d910222c16aed5dd955ccd0a92e944",
+        "validation": "fdc259ccae457b3edd121b403ca73143ff558fc8d164d032b465f8f8928caf06",
+        "manifest": "497d1d47cd08cf3a04e50abf62a83aa8cec2ce26cf5f77cf076a8d6f4314c1be",
     },
 }
 

@@ -2,30 +2,36 @@
 
 Steps: list (size cap from listed sizes) -> read each object -> detect its format -> parse ->
 clean -> gate on minSamples -> split -> write both files, then the manifest last, so a
-manifest that exists always describes complete files. A run whose manifest still matches both
+manifest that exists always describes complete files. An alpaca JSONL object is parsed and
+cleaned as columns (columnar.py) when that provably gives what the per-record path gives;
+either way each object becomes a Batch of lines and prompt digests, and duplicates, the
+split and the writing work on all batches at once, by index. A run whose manifest still matches both
 files (by sha256) is returned as is: retries and operator restarts redo no work. The source
 objects are only ever read.
 """
 
 from __future__ import annotations
 
+import bisect
 import gc
 import hashlib
-import io
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from finetune_contract import DropCounts, FileDigest, LengthStats, Manifest, RunLayout, SourceObject
 from ..spec import FineTuneTaskSpec
 from finetune_contract.storage import Storage, StorageError
-from . import readers, serialize
-from .clean import Cleaner, DropLog
+from . import readers
+from .clean import MAX_REFS, Cleaner, DropLog
+from .columnar import Batch, alpaca_batch, batch_from_examples, mask
 from .errors import PrepareError
 from .formats import convert_into, object_format
-from .split import Split, split
+from .split import assign, break_ties, check_target, digest_column, digest_order, equal_runs
 
 DEFAULT_MAX_TOKENS = 4096
 
@@ -86,42 +92,67 @@ def _prepare(spec: FineTuneTaskSpec, layout: RunLayout, storage: Storage, *, tok
     names = [i.uri for i in infos]
     log = DropLog(names, strict=ds.strict)
     limit = max_tokens or spec.training.sequence_len or DEFAULT_MAX_TOKENS
+    # Strict mode stops at the first drop and a tokenizer counts every record: both keep the
+    # per-record cleaner (and its dedupe) for every object. Otherwise objects the columnar path
+    # can take go that way, and duplicates are found once, over all objects, at the end.
+    per_record = ds.strict or tokenizer is not None
     cleaner = Cleaner(log, max_chars=ds.max_chars, tokenizer=tokenizer,
-                      max_tokens=limit if tokenizer is not None else None)
+                      max_tokens=limit if tokenizer is not None else None, dedupe=per_record)
     formats: dict[str, str] = {}
     sources: list[SourceObject] = []
+    batches: list[Batch] = []
     for src, info in enumerate(infos):
-        fmt, rows = object_format(readers.open_source(storage, info, ds.max_bytes), ds.format)
-        if fmt is not None:
-            formats[info.uri] = fmt
+        data = storage.read_bytes(info.uri, max_bytes=ds.max_bytes)
+        fast = None
+        if not per_record and readers.extension(info.uri) == ".jsonl":
+            fast = alpaca_batch(readers.without_bom(data), ds.format, src=src, log=log,
+                                max_chars=ds.max_chars, seed=ds.seed, stratify_by=ds.stratify_by)
+        if fast is not None:
+            fmt: str | None = "alpaca"
+            batch, count = fast
+            formats[info.uri] = "alpaca"
             _check_mixed(ds.uri, formats)
-        count = convert_into(rows, fmt, src, ds.stratify_by, cleaner.add, cleaner.malformed)
+        else:
+            fmt, rows = object_format(readers.source_rows(info, data), ds.format)
+            if fmt is not None:
+                formats[info.uri] = fmt
+                _check_mixed(ds.uri, formats)
+            count = convert_into(rows, fmt, src, ds.stratify_by, cleaner.add, cleaner.malformed)
+            batch = None if per_record else batch_from_examples(*cleaner.take(), seed=ds.seed)
+        del data
         if count == 0:
             raise PrepareError("NoData", f"{info.uri} holds no records")
+        if batch is not None and len(batch):
+            batches.append(batch)
         sources.append(SourceObject(uri=info.uri, etag=info.etag, size=info.size,
                                     format=fmt or "unknown", records=count))
-    kept = cleaner.finish()
+    if per_record:
+        batches = [batch_from_examples(*cleaner.take(), seed=ds.seed)]
+    records = Records(batches)
+    del batches
+    order, runs = records.dedupe(log)
     records_read = sum(s.records for s in sources)
-    if len(kept) < ds.min_samples:
-        raise PrepareError("TooFewSamples", f"only {len(kept)} usable records of {records_read} read "
+    records_kept = records.kept
+    if records_kept < ds.min_samples:
+        raise PrepareError("TooFewSamples", f"only {records_kept} usable records of {records_read} read "
                                             f"from {ds.uri}, need minSamples {ds.min_samples} "
                                             f"(dropped: {log.summary()})")
-    if ds.stratify_by and not any(ex.stratum for ex in kept):
+    if ds.stratify_by and not records.any_stratum():
         raise PrepareError("BadFormat", f"stratifyBy {ds.stratify_by!r} is not a field of any record "
                                         f"in {ds.uri}")
-    parts = split(kept, fraction=ds.validation_fraction, seed=ds.seed,
-                  min_validation=ds.min_validation_samples, stratify=bool(ds.stratify_by))
-    for ex in parts.leaked:
-        log.note("leaked", ex.src, ex.line)
-    stats = lengths(parts, cleaner.output_chars, cleaner.total_chars)
-    records_kept = len(kept)
-    line = serialize.line
-    # In memory order (see Split), as UTF-8 bytes: a str with one CJK character stores every
-    # character in 2 bytes. This list is the price of the memory-order speed-up (~0.4 GiB per
-    # million records); the peak stays well under the 2 GiB target.
-    lines: list[bytes | None] = [(line(ex) + "\n").encode("utf-8") for ex in kept]
-    train = _write(storage, layout.train, lines, parts.train_index)
-    validation = _write(storage, layout.validation, lines, parts.validation_index)
+    target = check_target(records_kept, ds.validation_fraction, ds.min_validation_samples)
+    if runs:  # the answer breaks ties, so the order never depends on the input's order
+        ordered = order.to_pylist()
+        break_ties(ordered, runs, records.outputs)
+        order = pa.array(ordered, pa.int64())
+    train_index, validation_index, leaked = assign(
+        order, runs, records.strata() if ds.stratify_by else None, n=records_kept, target=target,
+        min_validation=ds.min_validation_samples)
+    for i in leaked:  # in index order, which is reading order
+        log.note("leaked", *records.where(i))
+    stats = lengths_of(records, validation_index)
+    train = _write(storage, layout.train, records.text, train_index)
+    validation = _write(storage, layout.validation, records.text, validation_index)
     fmt = next(iter(formats.values()), ds.format)
     manifest = Manifest(
         run_id=layout.run_id,
@@ -133,8 +164,8 @@ def _prepare(spec: FineTuneTaskSpec, layout: RunLayout, storage: Storage, *, tok
         sources=sources,
         records_read=records_read,
         records_kept=records_kept,
-        train_samples=len(parts.train_index),
-        validation_samples=len(parts.validation_index),
+        train_samples=len(train_index),
+        validation_samples=len(validation_index),
         dropped=DropCounts(empty=log.counts["empty"], duplicate=log.counts["duplicate"],
                            malformed=log.counts["malformed"], too_long=log.counts["tooLong"],
                            leaked=log.counts["leaked"]),
@@ -148,6 +179,89 @@ def _prepare(spec: FineTuneTaskSpec, layout: RunLayout, storage: Storage, *, tok
     return manifest
 
 
+class Records:
+    """The cleaned records of all objects, in reading order, and which of them are kept.
+
+    Index i is the i-th record in reading order (duplicates included until dedupe() marks
+    them); the split and the writer work on these indices, never on per-record objects.
+    """
+
+    def __init__(self, batches: list[Batch]) -> None:
+        self.batches = batches
+        self.starts: list[int] = []
+        total = 0
+        for b in batches:
+            self.starts.append(total)
+            total += len(b)
+        self.n = total
+        self.kept = total
+        texts = [b.text for b in batches]
+        self.text = (texts[0] if len(texts) == 1 else pa.concat_arrays(texts) if texts
+                     else pa.array([], pa.large_binary()))
+        del texts
+        self.digests = b"".join(b.digests for b in batches)
+        for b in batches:  # the batches keep what the split and the statistics still need
+            b.text, b.digests = pa.array([], pa.large_binary()), b""
+        self.keep: pa.Array | None = None  # None: all kept
+
+    def _locate(self, i: int) -> tuple[Batch, int]:
+        k = bisect.bisect_right(self.starts, i) - 1
+        return self.batches[k], i - self.starts[k]
+
+    def where(self, i: int) -> tuple[int, int]:
+        """(source, line) of record i."""
+        batch, j = self._locate(i)
+        return (batch.src if isinstance(batch.src, int) else batch.src[j]), batch.line(j)
+
+    def outputs(self, idx: list[int]) -> list[str]:
+        out = []
+        for i in idx:
+            batch, j = self._locate(i)
+            out.extend(batch.outputs([j]))
+        return out
+
+    def strata(self) -> list[str]:
+        """The stratum of every record ("" for none), by index."""
+        out: list[str] = []
+        for b in self.batches:
+            out.extend([s or "" for s in b.strata] if b.strata is not None else [""] * len(b))
+        return out
+
+    def any_stratum(self) -> bool:
+        """Whether a kept record has a stratum."""
+        strata = self.strata()
+        keep = None if self.keep is None else self.keep.to_pylist()
+        return any(s and (keep is None or keep[i]) for i, s in enumerate(strata))
+
+    def dedupe(self, log: DropLog) -> tuple[pa.Array, list[tuple[int, int]]]:
+        """Mark every record whose line (its prompt and answer, exactly) an earlier one already
+        has as a duplicate. Only records with the same prompt digest can be duplicates, so
+        just those lines are compared. Returns the kept indices sorted by digest, and their
+        runs of equal digests."""
+        order, runs = digest_order(self.digests)
+        if not runs:
+            return order, runs
+        positions = pa.array([p for a, b in runs for p in range(a, b)], pa.int64())
+        members = pc.take(order, positions)  # by run, and by index (reading order) within one
+        # Equal lines can only be in the same run; the first of each line (lowest index) stays.
+        # Dictionary codes are numbered in order of first appearance, so a member is a first
+        # copy exactly when its code exceeds every code before it.
+        codes = pc.cast(pc.dictionary_encode(pc.take(self.text, members)).indices, pa.int64())
+        before = pa.concat_arrays([pa.array([-1], pa.int64()),
+                                   pc.cumulative_max(codes).slice(0, len(codes) - 1)])
+        dups = pc.filter(members, pc.less_equal(codes, before)).to_pylist()
+        if not dups:
+            return order, runs
+        dups.sort()
+        log.note_many("duplicate", len(dups), [self.where(i) for i in dups[:MAX_REFS]])
+        self.keep = pc.invert(mask(self.n, dups))
+        self.kept = self.n - len(dups)
+        kept_order = pc.filter(order, pc.take(self.keep, order))
+        if len(members) - len(dups) == len(runs):  # each run kept one record: no shared prompts
+            return kept_order, []
+        return kept_order, equal_runs(digest_column(self.digests), kept_order)
+
+
 def _check_mixed(uri: str, formats: dict[str, str]) -> None:
     seen: dict[str, str] = {}
     for name, fmt in formats.items():
@@ -158,30 +272,28 @@ def _check_mixed(uri: str, formats: dict[str, str]) -> None:
                                            "per dataset or set spec.dataset.format")
 
 
-def _write(storage: Storage, uri: str, lines: list[bytes | None], order: list[int],
-           chunk: int = 8192) -> FileDigest:
-    """Write lines[i] for i in order, releasing each line once it is in the file (so the lines
-    and the file are never both whole in memory); hash as we go."""
-    buf, sha = io.BytesIO(), hashlib.sha256()
-    for start in range(0, len(order), chunk):
-        picked = order[start:start + chunk]
-        part = b"".join([lines[i] for i in picked])  # type: ignore[misc]
-        for i in picked:
-            lines[i] = None
-        sha.update(part)
-        buf.write(part)
-    body = buf.getvalue()
-    del buf
-    storage.write_bytes(uri, body, "application/x-ndjson")
-    return FileDigest(uri=uri, sha256=sha.hexdigest(), records=len(order), bytes=len(body))
+def _write(storage: Storage, uri: str, text: pa.Array, order: pa.Array) -> FileDigest:
+    """Write text[i] for i in order as one object; hash it."""
+    picked = pc.take(text, order).cast(pa.large_binary()) if len(order) else None
+    body = memoryview(b"")
+    if picked is not None:
+        _, offsets, data = picked.buffers()
+        bounds = memoryview(offsets).cast("q")  # large_binary: int64 offsets
+        start, end = bounds[picked.offset], bounds[picked.offset + len(picked)]
+        body = memoryview(data or b"")[start:end]
+    sha = hashlib.sha256(body).hexdigest()
+    storage.write_bytes(uri, body, "application/x-ndjson")  # type: ignore[arg-type]
+    return FileDigest(uri=uri, sha256=sha, records=len(order), bytes=len(body))
 
 
-def _percentiles(values: list[int], *percents: int) -> list[int]:
+def _percentiles(values: Any, *percents: int) -> list[int]:
     """Nearest-rank percentiles in integers (0 when empty). Counting, not sorting: lengths
-    repeat a lot, and this runs over every kept record."""
-    if not values:
+    repeat a lot."""
+    values = pa.array(values, pa.int64()) if not isinstance(values, pa.Array) else values
+    if len(values) == 0:
         return [0] * len(percents)
-    counts = sorted(Counter(values).items())
+    counted = pc.value_counts(values)
+    counts = sorted(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()))
     out = []
     for p in percents:
         rank, seen = max(1, (p * len(values) + 99) // 100), 0
@@ -193,11 +305,17 @@ def _percentiles(values: list[int], *percents: int) -> list[int]:
     return out
 
 
-def lengths(parts: Split, output: list[int], total: list[int]) -> LengthStats:
-    """Character statistics of all kept records (`output` and `total` hold one entry per kept
-    record, in any order); output_chars_train sums the answers that went to train."""
-    output_train = sum(output) - sum([len(ex.output) for ex in parts.validation])
-    prompt = [t - o for t, o in zip(total, output)]
+def lengths_of(records: Records, validation: pa.Array) -> LengthStats:
+    """Character statistics of all kept records; output_chars_train sums the answers that went
+    to train."""
+    empty = pa.array([], pa.int64())
+    output = pa.concat_arrays([empty] + [b.output_chars for b in records.batches])
+    total = pa.concat_arrays([empty] + [b.total_chars for b in records.batches])
+    validation_output = pc.sum(pc.take(output, validation)).as_py() or 0
+    if records.keep is not None:
+        output, total = pc.filter(output, records.keep), pc.filter(total, records.keep)
+    output_train = (pc.sum(output).as_py() or 0) - validation_output
+    prompt = pc.subtract(total, output)
     p50, p95 = _percentiles(prompt, 50, 95)
     o50, o95 = _percentiles(output, 50, 95)
     t50, t95, t100 = _percentiles(total, 50, 95, 100)

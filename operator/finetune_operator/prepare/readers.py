@@ -84,7 +84,11 @@ def _short(name: str, base: str) -> str:
 
 def open_source(storage: Storage, info: ObjectInfo, max_bytes: int) -> SourceRows:
     """Read one object (bounded) and return its rows as a lazy iterator."""
-    data = storage.read_bytes(info.uri, max_bytes=max_bytes)
+    return source_rows(info, storage.read_bytes(info.uri, max_bytes=max_bytes))
+
+
+def source_rows(info: ObjectInfo, data: bytes) -> SourceRows:
+    """The rows of one object already read."""
     kind = extension(info.uri)
     if kind == ".jsonl":
         return SourceRows(info, kind, None, jsonl_rows(data))
@@ -95,6 +99,10 @@ def open_source(storage: Storage, info: ObjectInfo, max_bytes: int) -> SourceRow
         return SourceRows(info, kind, columns, rows)
     columns, rows = parquet_rows(info.uri, data)
     return SourceRows(info, kind, columns, rows)
+
+
+def without_bom(data: bytes) -> bytes:
+    return data[len(_BOM):] if data.startswith(_BOM) else data
 
 
 def jsonl_rows(data: bytes) -> Iterator[Row]:

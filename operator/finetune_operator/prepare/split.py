@@ -12,8 +12,13 @@ moved to train and counted as `leaked`.
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import PrepareError
 from .formats import Example
@@ -88,69 +93,136 @@ def quotas(sizes: dict[str, int], target: int) -> dict[str, int]:
     return out
 
 
-def split(examples: list[Example], *, fraction: float, seed: int, min_validation: int,
-          stratify: bool = False) -> Split:
-    n = len(examples)
+def digest_column(digests: bytes) -> pa.Array:
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(32), len(digests) // 32,
+                                                [None, pa.py_buffer(digests)])
+
+
+def _first_word(digests: bytes, n: int) -> pa.Array:
+    """The first 4 bytes of each digest as a big-endian integer (sorts like the bytes)."""
+    words = pc.list_element(pa.FixedSizeListArray.from_arrays(
+        pa.Array.from_buffers(pa.uint32(), 8 * n, [None, pa.py_buffer(digests)]), 8), 0)
+    if sys.byteorder == "little":
+        def u32(v: int) -> pa.Scalar:
+            return pa.scalar(v, pa.uint32())
+        words = pc.bit_wise_or(
+            pc.bit_wise_or(pc.shift_left(pc.bit_wise_and(words, u32(0xFF)), u32(24)),
+                           pc.shift_left(pc.bit_wise_and(words, u32(0xFF00)), u32(8))),
+            pc.bit_wise_or(pc.bit_wise_and(pc.shift_right(words, u32(8)), u32(0xFF00)),
+                           pc.shift_right(words, u32(24))))
+    return words
+
+
+def digest_order(digests: bytes) -> tuple[pa.Array, list[tuple[int, int]]]:
+    """Record indices sorted by digest (32 bytes each; ties keep their input order), and the
+    runs of equal digests as [start, end) positions in that order (usually none)."""
+    n = len(digests) // 32
+    column = digest_column(digests)
+    # A stable sort on (first 4 bytes as an integer, all 32 bytes): the bytes order, ~3x faster
+    # than comparing 32-byte strings throughout.
+    table = pa.table({"word": _first_word(digests, n), "digest": column})
+    order = pc.sort_indices(table, sort_keys=[("word", "ascending"), ("digest", "ascending")])
+    return order, equal_runs(column, order)
+
+
+def equal_runs(column: pa.Array, order: pa.Array) -> list[tuple[int, int]]:
+    """Runs of equal digests in `order` (sorted by digest) as [start, end) positions."""
+    n = len(order)
+    if n < 2:
+        return []
+    ordered = pc.take(column, order)
+    runs: list[tuple[int, int]] = []
+    for p in pc.indices_nonzero(pc.equal(ordered.slice(1), ordered.slice(0, n - 1))).to_pylist():
+        if runs and runs[-1][1] == p + 1:  # ordered[p + 1] == ordered[p]
+            runs[-1] = (runs[-1][0], p + 2)
+        else:
+            runs.append((p, p + 2))
+    return runs
+
+
+def break_ties(order: list[int], runs: list[tuple[int, int]], output: Callable[[list[int]], list[str]]
+               ) -> None:
+    """Within each run of equal digests, order by answer (then input order), in place: the
+    order then never depends on the input's order."""
+    for start, end in runs:
+        members = order[start:end]
+        answers = output(members)
+        by_answer = sorted(range(len(members)), key=answers.__getitem__)
+        order[start:end] = [members[k] for k in by_answer]
+
+
+def check_target(n: int, fraction: float, min_validation: int) -> int:
     target = validation_target(n, fraction)
     if target < min_validation:
         raise PrepareError("TooFewValidation", f"validationFraction {fraction} of {n} records gives "
                                                f"{target} validation samples, under minValidationSamples "
                                                f"{min_validation}; raise the fraction or add records")
-    digests = prompt_digests(examples, seed)
-    shared = _shared(digests)
-    if shared:  # the answer breaks ties, so the order never depends on the input's order
-        order = sorted(range(n), key=lambda i: (digests[i], examples[i].output))
-    else:
-        order = sorted(range(n), key=digests.__getitem__)
-    strata: dict[str, list[int]] = defaultdict(list)  # each in digest order
-    if stratify:
-        for i in order:
-            strata[examples[i].stratum or ""].append(i)
-    else:
-        strata[""] = order
-    share = quotas({s: len(v) for s, v in strata.items()}, target)
+    return target
 
-    in_val = bytearray(n)
-    for name in sorted(strata):
-        members, room = strata[name], share[name]
+
+def assign(order: pa.Array, runs: list[tuple[int, int]], strata: Sequence[str] | None, *,
+           n: int, target: int, min_validation: int) -> tuple[pa.Array, pa.Array, list[int]]:
+    """Train and validation indices (each in `order`'s order) and the leaked ones (moved from
+    validation to train; in index order). `order` is sorted by (digest, answer) and `runs` are
+    its runs of equal digests: the prompt groups of more than one record. `strata[i]` is
+    record i's stratum ("" for none)."""
+    if not runs and strata is None:  # every group is one record: the first `target` ones
+        return order.slice(target), order.slice(0, target), []
+    ordered: list[int] = order.to_pylist()
+    group: dict[int, int] = {}  # index -> its run, for records that share a prompt
+    for g, (start, end) in enumerate(runs):
+        for i in ordered[start:end]:
+            group[i] = g
+    members_of: dict[str, list[int]] = defaultdict(list)  # each in digest order
+    if strata is not None:
+        for i in ordered:
+            members_of[strata[i]].append(i)
+    else:
+        members_of[""] = ordered
+    share = quotas({s: len(v) for s, v in members_of.items()}, target)
+
+    in_val: set[int] = set()
+    for name in sorted(members_of):
+        members, room = members_of[name], share[name]
         start = 0
         while start < len(members) and room > 0:
             end = start + 1
-            if shared:
-                while end < len(members) and digests[members[end]] == digests[members[start]]:
+            g = group.get(members[start])
+            if g is not None:
+                while end < len(members) and group.get(members[end]) == g:
                     end += 1
             if end - start <= room:  # a whole prompt group, or none of it
-                for i in members[start:end]:
-                    in_val[i] = 1
+                in_val.update(members[start:end])
                 room -= end - start
             start = end
 
     # The guarantee, checked rather than assumed: a validation prompt also in train can only
     # come from a prompt shared by several records, and only strata can split such a group.
     leaked: list[int] = []
-    if shared:
-        train_prompts = {digests[i] for i in range(n) if not in_val[i] and digests[i] in shared}
-        leaked = [i for i in range(n) if in_val[i] and digests[i] in train_prompts]
-        for i in leaked:
-            in_val[i] = 0
-    validation = [i for i in order if in_val[i]]
+    if runs:
+        train_groups = {g for i, g in group.items() if i not in in_val}
+        leaked = sorted(i for i, g in group.items() if i in in_val and g in train_groups)
+        in_val.difference_update(leaked)
+    validation = [i for i in ordered if i in in_val]
     if len(validation) < min_validation:
         raise PrepareError("TooFewValidation", f"only {len(validation)} validation samples of {n} "
                                                "records (records sharing a prompt stay on one side), "
                                                f"under minValidationSamples {min_validation}")
-    train = [i for i in order if not in_val[i]]
+    train = [i for i in ordered if i not in in_val]
+    return pa.array(train, pa.int64()), pa.array(validation, pa.int64()), leaked
+
+
+def split(examples: list[Example], *, fraction: float, seed: int, min_validation: int,
+          stratify: bool = False) -> Split:
+    n = len(examples)
+    target = check_target(n, fraction, min_validation)
+    order, runs = digest_order(b"".join(prompt_digests(examples, seed)))
+    if runs:  # the answer breaks ties, so the order never depends on the input's order
+        ordered = order.to_pylist()
+        break_ties(ordered, runs, lambda idx: [examples[i].output for i in idx])
+        order = pa.array(ordered, pa.int64())
+    strata = [ex.stratum or "" for ex in examples] if stratify else None
+    train, validation, leaked = assign(order, runs, strata, n=n, target=target,
+                                       min_validation=min_validation)
     leaked.sort(key=lambda i: (examples[i].src, examples[i].line))
-    return Split(examples, train, validation, leaked)
-
-
-def _shared(digests: list[bytes]) -> set[bytes]:
-    """Prompt digests that more than one record has (usually none)."""
-    if len(set(digests)) == len(digests):
-        return set()
-    seen: set[bytes] = set()
-    shared: set[bytes] = set()
-    for d in digests:
-        if d in seen:
-            shared.add(d)
-        seen.add(d)
-    return shared
+    return Split(examples, train.to_pylist(), validation.to_pylist(), leaked)
