@@ -36,13 +36,17 @@ PROGRESS_PREFIX = "FINETUNE_PROGRESS "
 
 class ProgressEvent(_Model):
     """One progress line on the trainer's stdout: `FINETUNE_PROGRESS {"stage": ..., ...}`.
-    Stage-specific fields (evalLoss, candidate, learningRate...) ride along as extras."""
+    The training loop's figures are typed (the trainer's TrainerCallback writes them, the local
+    runner draws them); stage-specific ones (candidate, learningRate...) ride along as extras."""
 
     model_config = ConfigDict(extra="allow")
 
     stage: str
     step: int | None = None
     max_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None       # the training loss last logged
+    eval_loss: float | None = None  # set on the line of an evaluation
 
     def line(self) -> str:
         return PROGRESS_PREFIX + self.model_dump_json(by_alias=True, exclude_none=True)

@@ -9,9 +9,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+
+# tqdm comes with the trainer's stack (transformers, huggingface_hub), which a local run needs.
+from tqdm import tqdm
 
 from finetune_contract import OFFLINE_ENV, TRAINER_ENV, ProgressEvent, RunLayout, TerminationMessage
 
@@ -20,41 +25,92 @@ from finetune_contract import OFFLINE_ENV, TRAINER_ENV, ProgressEvent, RunLayout
 
 
 class Progress:
-    """Draws the trainer's progress lines (the contract's ProgressEvent): a redrawn bar on a
-    terminal, else a line per stage and per ~10% of training (logs and CI stay short)."""
+    """Draws the trainer's progress lines (the contract's ProgressEvent) with tqdm.
 
-    def __init__(self, label: str, out: TextIO = sys.stderr) -> None:
-        self.label, self.out = label, out
+    A stage shows its time until its steps move (fetch, evaluations, upload), then a step bar
+    (train, search). On a terminal a tqdm bar per stage, left on screen when the stage ends.
+    Elsewhere (a log file, CI) a redrawn bar would be one endless line, so plain lines in tqdm's
+    format: one when a stage starts, one per evaluation, per search candidate and for the last
+    step, and other step lines at most every `interval` seconds."""
+
+    def __init__(self, label: str, out: TextIO = sys.stderr, *, interval: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.label, self.out, self.interval, self.clock = label, out, interval, clock
         self.tty = out.isatty()
         self.stage: str | None = None
-        self.last_tenth = -1
+        self.bar: tqdm | None = None  # the terminal's bar for the running stage
+        self._since = clock()
+        self._first_step: int | None = None
+        self._stepping = False
+        self._shown: dict[str, Any] = {}  # the stage's latest loss, eval loss, epoch, extras
+        self._printed: tuple[float, int | None] = (float("-inf"), None)  # when, which step
 
     def update(self, event: ProgressEvent) -> None:
-        stage, step, total = event.stage, event.step, event.max_steps
-        extra = " ".join(f"{k}={_short(v)}" for k, v in (event.model_extra or {}).items()
-                         if v is not None)
-        if step is not None and total is not None and total > 0:
-            frac = min(1.0, step / total)
-            bar = "#" * int(frac * 24) + "-" * (24 - int(frac * 24))
-            text = f"  {self.label} {stage:<10} [{bar}] {step}/{total} {extra}".rstrip()
-            tenth = int(frac * 10)
-            changed = stage != self.stage or tenth != self.last_tenth
-            self.last_tenth = tenth
+        if event.stage != self.stage:
+            self._close_bar()
+            self.stage, self._since, self._first_step = event.stage, self.clock(), event.step
+            self._stepping, self._shown = False, {}
+            self._printed = (float("-inf"), None)
+            due = True
         else:
-            text = f"  {self.label} {stage} {extra}".rstrip()
-            changed = stage != self.stage
+            at, step = self._printed
+            due = (event.eval_loss is not None or bool(event.model_extra)
+                   or (event.step == event.max_steps and event.step != step)
+                   or self.clock() - at >= self.interval)
+        self._shown.update((k, v) for k, v in {
+            "loss": event.loss, "eval_loss": event.eval_loss, "epoch": event.epoch,
+            **(event.model_extra or {})}.items() if v is not None)
+        if not self._stepping and event.max_steps and event.step not in (None, self._first_step):
+            self._stepping, self._since = True, self.clock()  # rates and ETA from the loop's start
         if self.tty:
-            end = "\n" if self.stage is not None and stage != self.stage else ""
-            self.out.write(f"{end}\r\033[K{text}")
-        elif changed:
-            self.out.write(text + "\n")
-        self.stage = stage
-        self.out.flush()
+            self._draw(event)
+        elif due:
+            self.out.write(self._line(event) + "\n")
+            self.out.flush()
+            self._printed = (self.clock(), event.step)
 
     def close(self) -> None:
-        if self.tty and self.stage is not None:
-            self.out.write("\n")
-            self.out.flush()
+        self._close_bar()
+
+    def _desc(self, event: ProgressEvent) -> str:
+        return f"  {self.label} {event.stage}"
+
+    def _draw(self, event: ProgressEvent) -> None:
+        if self.bar is None:
+            cols, rows = _screen(self.out)
+            self.bar = tqdm(desc=self._desc(event), unit="step", file=self.out, leave=True,
+                            ncols=cols, nrows=rows, bar_format="{desc} [{elapsed}{postfix}]")
+        if self._stepping and event.step is not None and event.max_steps:
+            if self.bar.total != event.max_steps or event.step < self.bar.n:  # a new candidate
+                self.bar.bar_format = None  # from the stage's timer to tqdm's step bar
+                self.bar.reset(total=event.max_steps)
+            self.bar.update(event.step - self.bar.n)
+        self.bar.set_postfix_str(self._postfix(), refresh=True)
+
+    def _line(self, event: ProgressEvent) -> str:
+        if self._stepping and event.step is not None and event.max_steps:
+            return tqdm.format_meter(event.step, event.max_steps, self.clock() - self._since,
+                                     prefix=self._desc(event), ascii=True, unit="step",
+                                     postfix=self._postfix() or None)
+        return f"{self._desc(event)} {self._postfix()}".rstrip()
+
+    def _postfix(self) -> str:
+        return " ".join(f"{k}={_short(v)}" for k, v in self._shown.items())
+
+    def _close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _screen(out: TextIO) -> tuple[int, int]:
+    """The terminal's columns and rows; 80x24 where it reports none (a pty opened without a
+    size draws nothing in tqdm's own detection)."""
+    try:
+        size = os.get_terminal_size(out.fileno())
+    except (AttributeError, OSError, ValueError):
+        return 80, 24
+    return size.columns or 80, size.lines or 24
 
 
 def _short(value: Any) -> str:

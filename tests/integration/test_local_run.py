@@ -122,6 +122,27 @@ def test_ctrl_c_leaves_no_complete_run(storage: Storage, bucket: str, tiny_model
                                        s3_env: dict[str, str], tmp_path: Path) -> None:
     path = _task_yaml(storage, bucket, tiny_model, tmp_path)
     layout = _layout(path)
+    import psutil  # comes with the training stack (accelerate)
+
+    def command(p: psutil.Process) -> str:
+        try:
+            return " ".join(p.cmdline())
+        except psutil.Error:
+            return ""  # gone meanwhile
+
+    def trainer_session() -> list[psutil.Process]:
+        """The trainer (a child in a session of its own) and every process in its session."""
+        sids = {c.pid for c in psutil.Process(proc.pid).children()
+                if "finetune_trainer" in command(c)}
+        found = []
+        for p in psutil.process_iter():
+            try:
+                if os.getsid(p.pid) in sids:
+                    found.append(p)
+            except OSError:
+                continue  # gone meanwhile
+        return found
+
     env = {**os.environ, **s3_env}
     proc = subprocess.Popen([sys.executable, "-m", "finetune_operator.cli", "run", str(path),
                              "--local", "--profile", "cpu"], env=env, stdout=subprocess.PIPE,
@@ -130,23 +151,25 @@ def test_ctrl_c_leaves_no_complete_run(storage: Storage, bucket: str, tiny_model
                             # in a background job (which starts with SIGINT ignored).
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:  # training has begun once the config is written
-            if storage.exists(layout.config) or proc.poll() is not None:
-                break
+        deadline, session = time.monotonic() + 300, []
+        while time.monotonic() < deadline and proc.poll() is None:
+            session = trainer_session()
+            if any("axolotl.cli.main" in command(p) for p in session):
+                break  # inside training now
             time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()
-        time.sleep(1.0)  # inside the trainer now, not between steps
+        assert any("axolotl.cli.main" in command(p) for p in session), session  # 300 s passed
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, (out, err)
-    assert not storage.exists(layout.complete_marker)
     assert "Interrupted" in out and "Traceback" not in err
-    # No orphaned trainer keeps running and finishes the run behind our back.
-    time.sleep(2.0)
+    # No orphaned trainer keeps running and finishes the run behind our back: every process of
+    # the trainer's session has exited (the deadline only bounds a failure), and no marker.
+    _, alive = psutil.wait_procs(session, timeout=60)
+    assert not alive, alive
     assert not storage.exists(layout.complete_marker)
 
 

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_contract import Manifest, Metrics, RunLayout, TerminationMessage
+from finetune_contract import (PROGRESS_PREFIX, Manifest, Metrics, ProgressEvent, RunLayout,
+                               TerminationMessage)
 from finetune_operator.prepare import prepare_run
 from finetune_operator.render import render_axolotl_config
 from finetune_operator.spec import parse_spec
@@ -112,10 +113,26 @@ def test_trainer_beats_the_base_model(storage: Storage, bucket: str, s3_server: 
     print(term.message)
     assert 0 < (metrics.packing_efficiency or 0) <= 1
     assert {"axolotl", "torch", "transformers", "peft"} <= set(metrics.versions)
-    progress = [json.loads(line.split(" ", 1)[1]) for line in out.splitlines()
-                if line.startswith("FINETUNE_PROGRESS ")]
+    progress = _progress(out)
     assert {"fetch", "evaluate-base", "train", "evaluate-tuned", "upload", "done"} <= {
-        p["stage"] for p in progress}
+        p.stage for p in progress}
+    # The training loop's own figures, from our TrainerCallback inside Axolotl: steps moving
+    # to the end, the logged loss, and one line per evaluation with the same eval losses
+    # metrics.json reports.
+    loop = [p for p in progress if p.stage == "train" and p.step]
+    last_step = metrics.eval_history[-1].step if metrics.stopped_early else 48
+    assert loop and loop[-1].step == last_step and {p.max_steps for p in loop} == {48}
+    assert [p.step for p in loop] == sorted(p.step for p in loop), [p.step for p in loop]
+    assert loop[-1].loss is not None and loop[-1].epoch
+    evals = [(p.step, p.eval_loss) for p in loop if p.eval_loss is not None]
+    assert evals == [(e.step, pytest.approx(e.eval_loss, abs=1e-4))
+                     for e in metrics.eval_history], (evals, metrics.eval_history)
+
+
+def _progress(out: str) -> list[ProgressEvent]:
+    """The trainer's progress lines; each must parse as the contract's model."""
+    lines = [ln for ln in out.splitlines() if ln.startswith(PROGRESS_PREFIX)]
+    return [ProgressEvent.model_validate_json(ln[len(PROGRESS_PREFIX):]) for ln in lines]
 
 
 def _prompts(jsonl_text: str) -> set[str]:
@@ -158,9 +175,17 @@ def test_search_chooses_on_a_train_slice_and_never_on_the_validation_split(
     assert metrics.eval_loss < metrics.base_eval_loss  # noGain: see test_trainer_beats_the_base_model
     assert metrics.validation_samples == manifest.validation_samples == 30
     assert {"search", "evaluate-base", "evaluate-tuned"} <= set(metrics.stage_seconds)
-    stages = {json.loads(line.split(" ", 1)[1])["stage"] for line in out.splitlines()
-              if line.startswith("FINETUNE_PROGRESS ")}
-    assert "search" in stages and "train" in stages
+    progress = _progress(out)
+    assert "search" in {p.stage for p in progress}
+    # Each candidate's training reports its steps under the search stage (the callback), from
+    # its first step to its last.
+    runs: list[list[int]] = []
+    for p in progress:
+        if p.stage == "search" and p.step:
+            if not runs or p.step < runs[-1][-1]:
+                runs.append([])
+            runs[-1].append(p.step)
+    assert [(r[0], r[-1]) for r in runs] == [(1, c.steps_run) for c in search.candidates], runs
 
 
 INDEPENDENT = textwrap.dedent("""

@@ -158,16 +158,14 @@ def test_exact_match_decoding_stops_at_the_first_wrong_token() -> None:
 
 
 def test_stage_clock_adds_up_repeated_stages(capsys: pytest.CaptureFixture[str]) -> None:
-    import time
-
     from finetune_trainer.train import StageClock
 
-    clock = StageClock()
-    for stage in ("fetch", "train", "fetch"):
+    now = [1000.0]  # an injected clock: exact sums, no sleeping
+    clock = StageClock(clock=lambda: now[0])
+    for stage, seconds in (("fetch", 1.5), ("train", 2.25), ("fetch", 0.5)):
         clock.enter(stage)
-        time.sleep(0.02)
-    seconds = clock.seconds()
-    assert set(seconds) == {"fetch", "train"} and seconds["fetch"] >= 0.04 and seconds["train"] >= 0.02
+        now[0] += seconds
+    assert clock.seconds() == {"fetch": 2.0, "train": 2.25}
     lines = capsys.readouterr().out.splitlines()
     assert [e.stage for e in map(ProgressEvent.parse, lines) if e] == ["fetch", "train", "fetch"]
 
@@ -180,6 +178,6 @@ def test_progress_lines_round_trip_through_the_contract(capsys: pytest.CaptureFi
     assert line.startswith(PROGRESS_PREFIX)
     event = ProgressEvent.parse(line)
     assert event is not None and (event.stage, event.step, event.max_steps) == ("eval", 12, 48)
-    assert event.model_extra == {"evalLoss": 0.5}
+    assert event.eval_loss == 0.5 and not event.model_extra
     assert ProgressEvent.parse("{} loss 0.3") is None
     assert ProgressEvent.parse(PROGRESS_PREFIX + "not json") is None

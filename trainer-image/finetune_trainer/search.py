@@ -106,7 +106,8 @@ def run_search(plan: SearchPlan, config: dict[str, Any], *, records: list[dict[s
                                  train_parquet=fit_parquet, validation_parquet=selection_parquet,
                                  work=cand_work, profile=profile)
         started = time.monotonic()
-        result = train.run_axolotl(cfg, cand_work, earliest_stop_step=earliest_stop_step)
+        result = train.run_axolotl(cfg, cand_work, earliest_stop_step=earliest_stop_step,
+                                   stage="search")
         score = evaluate.evaluate(model_dir, tokenizer, selection, shape,
                                   adapter_dir=result.best_checkpoint, with_exact_match=False)
         best = result.best_checkpoint.name.split("-")[-1]

@@ -6,7 +6,9 @@ any decrease counts as progress. Measured on SmolLM2-135M (ticket triage, CPU): 
 vanishing gain reset the patience. With a minimum delta of 0.005 nats per answer token such a
 run stops once the loss has settled, and the best checkpoint (restored as before) is the same.
 Once the best loss is itself below the minimum delta the run is solved and stops at the next
-evaluation from the budget's earliest stop step on (SolvedStopping). The plugin also drops Axolotl's forced evaluation at step 0.
+evaluation from the budget's earliest stop step on (SolvedStopping). The plugin also drops
+Axolotl's forced evaluation at step 0 and adds the callback that reports training progress
+(progress.py).
 Loaded only inside the Axolotl subprocess (`plugins:` in the trainer's local config).
 """
 
@@ -20,6 +22,7 @@ from transformers import EarlyStoppingCallback, TrainerCallback
 
 # EARLIEST_STOP_ENV: the budget's floor, no stop of ours before it; min_delta(): the gain that
 # counts (train.py owns both: the trainer reports the minimum delta in metrics.json).
+from .progress import ProgressCallback
 from .train import EARLIEST_STOP_ENV, min_delta
 
 PLUGIN = "finetune_trainer.stopping.MinDeltaStoppingPlugin"
@@ -47,15 +50,19 @@ class SolvedStopping(TrainerCallback):
 
 
 class MinDeltaStoppingPlugin(BasePlugin):
+    """The one plugin the trainer loads: progress reporting, no step-0 evaluation, and early
+    stopping with a minimum delta."""
+
     def get_training_args(self, cfg: Any) -> dict[str, Any]:
         # Axolotl forces an evaluation at step 0; the trainer has already measured the base
         # model on every validation record with its own evaluator, so that pass is only cost.
         return {"eval_on_start": False}
 
     def add_callbacks_post_trainer(self, cfg: Any, trainer: Any) -> list[Any]:
+        callbacks: list[Any] = [ProgressCallback.from_env()]
         patience = int(cfg.early_stopping_patience or 0)
-        if not patience:
-            return []
-        return [EarlyStoppingCallback(early_stopping_patience=patience,
-                                      early_stopping_threshold=min_delta()),
-                SolvedStopping(min_delta(), int(os.environ.get(EARLIEST_STOP_ENV) or 0))]
+        if patience:
+            callbacks += [EarlyStoppingCallback(early_stopping_patience=patience,
+                                                early_stopping_threshold=min_delta()),
+                          SolvedStopping(min_delta(), int(os.environ.get(EARLIEST_STOP_ENV) or 0))]
+        return callbacks

@@ -2,8 +2,9 @@
 
 `axolotl train CONFIG --launcher python` in a subprocess: its memory is gone before the tuned
 evaluation loads the model again, and a crash inside it cannot take the trainer's reporting
-down with it. Progress is parsed from its output and re-emitted as the contract's progress
-lines (finetune_contract.ProgressEvent).
+down with it. Progress comes from our TrainerCallback inside it (progress.py) as the contract's
+progress lines (finetune_contract.ProgressEvent), which are passed on to our stdout; the rest of
+its output (tqdm bars included) only goes to axolotl.log and the tail kept for error messages.
 `trainer_state.json` lives only inside the `checkpoint-N/` folders: the one of the last
 checkpoint names the best checkpoint and holds the whole log history.
 """
@@ -17,6 +18,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,13 +31,12 @@ from .errors import TrainerError, bad_input
 
 EARLIEST_STOP_ENV = "FINETUNE_EARLIEST_STOP_STEP"  # read by stopping.py inside Axolotl
 MIN_DELTA_ENV = "FINETUNE_EARLY_STOPPING_MIN_DELTA"  # read by stopping.py, reported in the budget
+PROGRESS_STAGE_ENV = "FINETUNE_PROGRESS_STAGE"  # read by progress.py: the stage its lines name
 DEFAULT_MIN_DELTA = 0.005
 CPU_SAFE = {"bf16": False, "fp16": False, "tf32": False, "attn_implementation": "sdpa",
             "sdpa_varlen": False, "lora_mlp_kernel": False, "lora_qkv_kernel": False,
             "lora_o_kernel": False, "lora_embedding_kernel": False, "load_in_4bit": False,
             "load_in_8bit": False}
-_STEP = re.compile(r"(\d+)/(\d+) \[")
-_EVAL = re.compile(r"'eval_loss': '?([0-9.eE+-]+)")
 
 
 def progress(stage: str, **fields: Any) -> None:
@@ -51,22 +52,23 @@ def min_delta() -> float:
 class StageClock:
     """Seconds per trainer stage (metrics.json `stageSeconds`): where a run's time goes."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self.totals: dict[str, float] = {}
         self._stage: str | None = None
-        self._since = time.monotonic()
+        self._since = clock()
 
     def enter(self, stage: str, **fields: Any) -> None:
         """Close the running stage, start `stage` and report it as progress."""
         self.totals = self.seconds()
-        self._stage, self._since = stage, time.monotonic()
+        self._stage, self._since = stage, self.clock()
         progress(stage, **fields)
 
     def seconds(self) -> dict[str, float]:
         """Totals so far, the running stage included up to now."""
         out = dict(self.totals)
         if self._stage is not None:
-            out[self._stage] = round(out.get(self._stage, 0.0) + time.monotonic() - self._since, 2)
+            out[self._stage] = round(out.get(self._stage, 0.0) + self.clock() - self._since, 2)
         return out
 
 
@@ -103,18 +105,21 @@ class TrainResult:
     log_tail: list[str] = field(default_factory=list)
 
 
-def run_axolotl(cfg: dict[str, Any], work: Path, *, earliest_stop_step: int = 0) -> TrainResult:
+def run_axolotl(cfg: dict[str, Any], work: Path, *, earliest_stop_step: int = 0,
+                stage: str = "train") -> TrainResult:
+    """Train; `stage` names the progress lines (a search candidate's are "search")."""
     path = work / "axolotl.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    max_steps = int(cfg.get("max_steps") or 0)
     cmd = [sys.executable, "-m", "axolotl.cli.main", "train", str(path), "--launcher", "python"]
     tail: collections.deque[str] = collections.deque(maxlen=60)
     with open(work / "axolotl.log", "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 cwd=work, env={**os.environ,
-                                               EARLIEST_STOP_ENV: str(earliest_stop_step)})
+                                               EARLIEST_STOP_ENV: str(earliest_stop_step),
+                                               PROGRESS_STAGE_ENV: stage})
         try:
-            _follow(proc, logf, tail, max_steps)
+            assert proc.stdout is not None
+            follow(proc.stdout, logf, tail)
         finally:
             _reap(proc)  # Ctrl-C or SIGTERM on us must not orphan the training process
         rc = proc.wait()
@@ -134,31 +139,26 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def _follow(proc: subprocess.Popen[bytes], logf: Any, tail: collections.deque[str],
-            max_steps: int) -> None:
-    """Copy Axolotl's output to the log; turn its progress bars into progress lines."""
-    last_step = -1
-    assert proc.stdout is not None
+def follow(stream: Any, logf: Any, tail: collections.deque[str]) -> None:
+    """Copy Axolotl's output to the log; pass our callback's progress lines on to stdout (they
+    are parsed as the contract's model; nothing else of the console is read for progress)."""
     buf = b""
     while True:
-        chunk = proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096)
-        if not chunk:
-            break
+        chunk = stream.read1(65536) if hasattr(stream, "read1") else stream.read(4096)
         logf.write(chunk)
         buf += chunk
-        *pieces, buf = re.split(rb"[\r\n]", buf)
+        *pieces, buf = re.split(rb"[\r\n]", buf) if chunk else (buf, b"")
         for raw in pieces:
             line = raw.decode("utf-8", "replace").strip()
             if not line:
                 continue
-            tail.append(line)
-            for done, total in _STEP.findall(line):
-                if int(total) == max_steps and int(done) != last_step:
-                    last_step = int(done)
-                    progress("train", step=last_step, maxSteps=max_steps)
-            for value in _EVAL.findall(line):
-                progress("eval", step=max(last_step, 0), maxSteps=max_steps,
-                         evalLoss=float(value))
+            event = ProgressEvent.parse(line)
+            if event is not None:
+                print(event.line(), flush=True)
+            else:
+                tail.append(line)
+        if not chunk:
+            return
 
 
 def _axolotl_failure(tail: list[str], rc: int) -> TrainerError:
