@@ -17,7 +17,8 @@ help: ## List targets
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -U "pip>=24"
-	# torch first, pinned: it resolves to the CPU build on disk here (a bare torch pulls CUDA).
+	# torch first, pinned: pip takes the CPU build where that file is on disk, otherwise PyPI's
+	# build (with the CUDA libraries; it runs on the CPU too). triton is pinned to what it needs.
 	$(PIP) install -q -c constraints.txt "torch==2.13.0"
 	$(PIP) install -q -c constraints.txt -e ".[operator,trainer,dev]"
 	touch $@
