@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
 import os
 import shutil
@@ -50,6 +49,7 @@ from harness import (OPERATOR_NAMESPACE, Call, Cluster, OperatorProcess,  # noqa
 
 from finetune_contract import RunLayout  # noqa: E402
 from finetune_contract.storage import Credentials, Storage  # noqa: E402
+from finetune_dev.cluster.audit import epoch as _epoch, parse_event  # noqa: E402
 from finetune_dev.cluster.controlplane import ControlPlane  # noqa: E402
 from finetune_dev.devs3 import start_s3  # noqa: E402
 from finetune_operator import GROUP, PLURAL, VERSION  # noqa: E402
@@ -124,12 +124,6 @@ class CpuMeter:
 
 # ---- the operator's requests, from the apiserver's audit log --------------------------------
 
-def _epoch(stamp: str) -> float:
-    if not stamp:
-        return 0.0
-    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-
-
 class AuditTail:
     """Reads the audit log as it grows (whole lines only): one user's calls, in order."""
 
@@ -150,20 +144,10 @@ class AuditTail:
             return self.calls
         self.offset += end + 1
         for line in data[:end].splitlines():
-            ev = json.loads(line)
-            stage = "ResponseStarted" if ev.get("verb") == "watch" else "ResponseComplete"
-            if ev.get("stage") != stage or ev["user"].get("username") != self.user:
-                continue
-            ref = ev.get("objectRef") or {}
-            if not ref.get("resource"):
-                continue  # discovery
-            resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource")
-                                          else "")
-            self.calls.append(Call(ev["verb"], ref.get("apiGroup", ""), resource,
-                                   ref.get("namespace", ""), ref.get("name", ""),
-                                   int((ev.get("responseStatus") or {}).get("code", 0)), None,
-                                   _epoch(ev.get("stageTimestamp", ""))))
-            self.received.append(_epoch(ev.get("requestReceivedTimestamp", "")))
+            call = parse_event(json.loads(line), self.user)
+            if call is not None:
+                self.calls.append(call)
+                self.received.append(call.received)
         return self.calls
 
     def job_creates(self) -> list[Call]:

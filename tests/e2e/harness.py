@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_dev.cluster import install
+from finetune_dev.cluster.audit import Audit, Call
 from finetune_dev.cluster.controlplane import ControlPlane, free_port
 from finetune_dev.cluster.install import (CHART, CRD_FILE, HELM, KUBECTL, OPERATOR_NAMESPACE,
                                           RELEASE, Identity, chart_rbac, render_chart)
@@ -31,7 +32,7 @@ from finetune_dev.cluster.operator_process import OperatorProcess
 from finetune_operator import GROUP, PLURAL, VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
-__all__ = ["CHART", "CRD_FILE", "HELM", "KUBECTL", "OPERATOR_NAMESPACE", "RELEASE", "Identity",
+__all__ = ["Audit", "Call", "CHART", "CRD_FILE", "HELM", "KUBECTL", "OPERATOR_NAMESPACE", "RELEASE", "Identity",
            "OperatorProcess", "chart_rbac", "free_port", "render_chart"]
 
 
@@ -46,71 +47,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "c
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-
-
-# ---- the apiserver's audit log: which calls a user made, with what result --------------------
-
-@dataclass(frozen=True)
-class Call:
-    verb: str
-    group: str
-    resource: str  # with "/subresource" where there is one
-    namespace: str
-    name: str
-    code: int
-    body: Any
-    t: float  # seconds since the epoch (stageTimestamp)
-
-    @property
-    def rbac(self) -> tuple[str, str, str]:
-        return self.verb, self.group, self.resource
-
-
-class Audit:
-    """Reads the apiserver's JSON audit log (one event per line, ResponseComplete stage)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def mark(self) -> int:
-        return self.path.stat().st_size if self.path.exists() else 0
-
-    def calls(self, user: str, since: int = 0) -> list[Call]:
-        if not self.path.exists():
-            return []
-        with open(self.path, "rb") as f:
-            f.seek(since)
-            lines = f.read().splitlines()
-        out = []
-        for line in lines:
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue  # a line being written
-            # A watch is recorded when its response starts (it completes only when it closes);
-            # every other request when it completes.
-            stage = "ResponseStarted" if ev.get("verb") == "watch" else "ResponseComplete"
-            if ev.get("stage") != stage or ev["user"].get("username") != user:
-                continue
-            ref = ev.get("objectRef") or {}
-            if not ref.get("resource"):
-                continue  # discovery (/api, /apis, /version)
-            resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource")
-                                          else "")
-            stamp = ev.get("stageTimestamp", "")
-            out.append(Call(ev["verb"], ref.get("apiGroup", ""), resource,
-                            ref.get("namespace", ""), ref.get("name", ""),
-                            int((ev.get("responseStatus") or {}).get("code", 0)),
-                            ev.get("requestObject"), _epoch(stamp)))
-        return out
-
-
-def _epoch(stamp: str) -> float:
-    import datetime
-
-    if not stamp:
-        return 0.0
-    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 # ---- the trainer inside the pod, played by the test -----------------------------------------

@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from ..devs3 import free_port
+
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_BIN = REPO / ".cluster" / "bin"
 ADMIN_USER = "admin"
@@ -47,12 +49,6 @@ START_TIMEOUT_S = 120.0
 
 class ControlPlaneError(RuntimeError):
     """The control plane could not be built, started or reached."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _openssl(*args: str) -> None:
