@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import itertools
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from finetune_dev.devs3 import S3Server, start_s3
-from finetune_contract.storage import Credentials, Storage, StorageError
+from finetune_contract.storage import Credentials, Storage
 
 _bucket_ids = itertools.count()
 
@@ -41,22 +40,9 @@ def storage(s3_server: S3Server, s3_credentials: Credentials) -> Storage:
 
 @pytest.fixture()
 def bucket(storage: Storage) -> str:
-    """A fresh, empty bucket; returns its name. SeaweedFS creates a bucket's collection
-    asynchronously and may answer InternalError to the first writes (seen in CI): poll, with a
-    deadline, until a write lands, then remove the probe so the bucket is empty."""
+    """A fresh, empty bucket; returns its name."""
     name = f"t{os.getpid()}-{next(_bucket_ids)}"
     storage.ensure_bucket(f"s3://{name}/")
-    probe = f"s3://{name}/.ready"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            storage.write_text(probe, "ok")
-            break
-        except StorageError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-    storage.client.delete_object(Bucket=name, Key=".ready")
     return name
 
 

@@ -57,6 +57,10 @@ class S3Server:
                 self.process.wait()
 
 
+_MAX_VOLUMES = 10_000
+_VOLUME_SIZE_MB = 256
+
+
 def start_s3(data_dir: str | Path, access_key: str = "finetune", secret_key: str = "finetune-secret",
              timeout: float = 60.0) -> S3Server:
     """Start `weed mini` and wait until S3 answers a signed request."""
@@ -65,7 +69,12 @@ def start_s3(data_dir: str | Path, access_key: str = "finetune", secret_key: str
     ports = {flag: free_port() for flag in _PORT_FLAGS}
     args = [weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             "-admin.ui=false", "-webdav=false", "-master.telemetry=false",
-            "-s3.port.iceberg=0", "-s3.port.lance=0"]
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            # Each bucket is a collection with volumes of its own. Left to itself, mini caps the
+            # volume count at free disk / volume size (46 at 47 GB free), so a test run that
+            # makes more buckets than that gets InternalError on every write (seen in CI).
+            # Volumes are sparse files: many small ones cost nothing until written.
+            f"-volume.max={_MAX_VOLUMES}", f"-master.volumeSizeLimitMB={_VOLUME_SIZE_MB}"]
     args += [f"-{flag}={port}" for flag, port in ports.items()]
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
     log = open(data / "weed.log", "ab")  # noqa: SIM115 - lives as long as the process

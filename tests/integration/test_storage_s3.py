@@ -151,3 +151,14 @@ def test_credentials_from_a_kubernetes_secret_never_show_in_repr() -> None:
     assert "s3cr3t-value" not in repr(creds) and "s3cr3t-value" not in str(creds)
     with pytest.raises(StorageError, match="lacks key"):
         Credentials.from_secret_data({"AWS_ACCESS_KEY_ID": data["AWS_ACCESS_KEY_ID"]}, secret_name="x")
+
+
+def test_a_test_run_can_write_into_many_buckets(storage: Storage) -> None:
+    """Each bucket is a SeaweedFS collection with volumes of its own. `weed mini` caps volumes
+    at free disk / volume size unless told otherwise, and a CI run died at bucket 37 with
+    InternalError on every write. A test session makes about 50 buckets; 60 is past both caps seen (37 in CI, 46 here)."""
+    for i in range(60):
+        uri = f"s3://many-{os.getpid()}-{i:03d}/probe.txt"
+        storage.ensure_bucket(uri)
+        storage.write_text(uri, "ok")
+    assert storage.read_text(uri) == "ok"
