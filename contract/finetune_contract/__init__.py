@@ -12,7 +12,7 @@ from .process import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EX
                       OFFLINE_ENV, PROGRESS_PREFIX, TRAINER_ENV, ProgressEvent)
 from .run import (BUDGET_KEY, CONFIG_KEY_PREFIX, DROP_REASONS, SCHEMA_VERSION, SEARCH_KEY,
                   TERMINATION_LOG_LIMIT, DropCounts, EvalPoint, ExactMatch, FileDigest,
-                  LengthStats, Manifest, Metrics, RunLayout, SearchCandidate, SearchReport,
+                  LengthStats, Manifest, Metrics, RunLayout, RunProgress, SearchCandidate, SearchReport,
                   SourceObject, TerminationMessage, TrainPoint, Verdicts, one_line)
 
 __all__ = ["BUDGET_KEY", "CONFIG_KEY_PREFIX", "DROP_REASONS", "EXIT_BAD_INPUT", "EXIT_FAILED",
@@ -20,6 +20,6 @@ __all__ = ["BUDGET_KEY", "CONFIG_KEY_PREFIX", "DROP_REASONS", "EXIT_BAD_INPUT", 
            "SCHEMA_VERSION", "SEARCH_KEY", "SEQ_FIT_CAP", "SEQ_MIN", "SEQ_ROUND",
            "TERMINATION_LOG_LIMIT", "TRAINER_ENV", "Budget", "DropCounts", "EvalPoint",
            "ExactMatch", "FileDigest", "LengthStats", "Manifest", "MeasuredBudget", "Metrics",
-           "ProgressEvent", "RunLayout", "SearchCandidate", "SearchCandidatePlan", "SearchPlan",
+           "ProgressEvent", "RunLayout", "RunProgress", "SearchCandidate", "SearchCandidatePlan", "SearchPlan",
            "SearchReport", "SourceObject", "TerminationMessage", "TrainPoint", "Verdicts",
            "one_line", "round_up", "sequence_len_for"]

@@ -10,6 +10,9 @@ lives under `<output>/<namespace>/<task>/<run>/`:
     adapter/                the best LoRA adapter (adapter_config.json, adapter_model.safetensors)
     search/selection.jsonl  with spec.training.search: the slice of the train split that chose
                             the winner (never the validation split)
+    progress.json           RunProgress: the live figures of a running trainer (stage, step,
+                            eval curve, ETA); rewritten as it goes, read by the operator
+    checkpoints/step-N/     resumable training state at evaluation N (see the trainer)
     metrics.json            Metrics: base vs tuned on the validation split, history, verdicts
     COMPLETE                marker written last: a run without it is not finished
 
@@ -98,6 +101,18 @@ class RunLayout(_Model):
     @property
     def metrics(self) -> str:
         return self._at("metrics.json")
+
+    @property
+    def progress(self) -> str:
+        return self._at("progress.json")
+
+    @property
+    def checkpoints(self) -> str:
+        return self._at("checkpoints/")
+
+    def checkpoint(self, step: int) -> str:
+        """The folder of the checkpoint taken at global step `step`."""
+        return self._at(f"checkpoints/step-{step}/")
 
     @property
     def complete_marker(self) -> str:
@@ -189,6 +204,34 @@ class TrainPoint(_Model):
     step: int
     epoch: float | None = None
     loss: float
+
+
+class RunProgress(_Model):
+    """progress.json: what a running trainer last reported. The trainer rewrites it at most every
+    few seconds and at each evaluation; the operator copies a summary into status.progress and
+    the local runner draws the same figures. Absent fields are not known yet."""
+
+    stage: str = Field(description="fetch, evaluate-base, search, train, evaluate-tuned, upload.")
+    step: int | None = None
+    max_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = Field(None, description="The training loss last logged.")
+    eval_history: list[EvalPoint] = Field(default_factory=list)
+    tokens_per_second: float | None = None
+    eta_seconds: float | None = Field(None, description="Training time left at the current rate.")
+    resumed_from_step: int | None = Field(None, description="The checkpoint this pod started from.")
+    updated: str = Field(description="RFC 3339 UTC time of this report.")
+
+    @property
+    def percent(self) -> float | None:
+        """Share of the training steps done, 0-100; None before the total is known."""
+        if self.step is None or not self.max_steps:
+            return None
+        return round(min(100.0, 100.0 * self.step / self.max_steps), 1)
+
+    @property
+    def last_eval_loss(self) -> float | None:
+        return self.eval_history[-1].eval_loss if self.eval_history else None
 
 
 class Interval(_Model):
@@ -324,6 +367,10 @@ class Metrics(_Model):
     adapter_digest: str | None = None
     budget: dict[str, Any] = Field(default_factory=dict, description="Derived training budget.")
     search: SearchReport | None = None
+    resumed_from_step: int | None = Field(
+        None, description="The checkpoint step the last pod resumed from; None for a run that "
+                          "never resumed.")
+    resume_count: int = Field(0, description="How many times the run resumed from a checkpoint.")
 
     @staticmethod
     def relative_improvement(base: float, tuned: float) -> float:
