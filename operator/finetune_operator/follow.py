@@ -85,6 +85,7 @@ def _succeed(w: Writer, spec: FineTuneTaskSpec, layout: RunLayout,
     metrics.TASK_EVAL_LOSS.labels(ref.namespace, ref.name).set(m.eval_loss)
     metrics.TASK_BASE_EVAL_LOSS.labels(ref.namespace, ref.name).set(m.base_eval_loss)
     metrics.TASK_IMPROVEMENT.labels(ref.namespace, ref.name).set(m.improvement)
+    metrics.TASK_NO_GAIN.labels(ref.namespace, ref.name).set(1 if m.verdicts.no_gain else 0)
     metrics.TASK_LAST_SUCCESS.labels(ref.namespace, ref.name).set(time.time())
 
 

@@ -39,6 +39,11 @@ TASK_BASE_EVAL_LOSS = Gauge(
 TASK_IMPROVEMENT = Gauge(
     "finetune_task_improvement", "Relative eval-loss improvement over the base model.",
     TASK_LABELS, registry=REGISTRY)
+TASK_NO_GAIN = Gauge(
+    "finetune_task_no_gain",
+    "1 when the task's last successful run did not beat the base model and every trivial "
+    "baseline (verdicts.noGain: its adapter is not worth serving), else 0.",
+    TASK_LABELS, registry=REGISTRY)
 TASK_LAST_SUCCESS = Gauge(
     "finetune_task_last_success_timestamp_seconds", "Unix time of the task's last successful run.",
     TASK_LABELS, registry=REGISTRY)
@@ -60,7 +65,7 @@ OPERATOR_ERRORS = Counter(
 PER_TASK: tuple[tuple[Counter | Gauge, tuple[str, ...]], ...] = (
     (RUNS_STARTED, TASK_LABELS), (RUNS_FINISHED, FINISHED_LABELS),
     (TASK_EVAL_LOSS, TASK_LABELS), (TASK_BASE_EVAL_LOSS, TASK_LABELS),
-    (TASK_IMPROVEMENT, TASK_LABELS), (TASK_LAST_SUCCESS, TASK_LABELS),
+    (TASK_IMPROVEMENT, TASK_LABELS), (TASK_NO_GAIN, TASK_LABELS), (TASK_LAST_SUCCESS, TASK_LABELS),
     (TASK_TRAINING_STARTED, TASK_LABELS), (TASK_TRAINING_DEADLINE, TASK_LABELS),
 )
 
