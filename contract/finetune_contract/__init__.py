@@ -14,6 +14,8 @@ from .run import (BUDGET_KEY, CONFIG_KEY_PREFIX, DROP_REASONS, SCHEMA_VERSION, S
                   TERMINATION_LOG_LIMIT, DropCounts, EvalPoint, ExactMatch, FileDigest,
                   LengthStats, Manifest, Metrics, RunLayout, RunProgress, SearchCandidate, SearchReport,
                   SourceObject, TerminationMessage, TrainPoint, Verdicts, one_line)
+from .scores import (FieldScore, JsonScores, LabelRow, LabelScores, ShapeScores, TaskScores,
+                     TextScores)
 
 __all__ = ["BUDGET_KEY", "CONFIG_KEY_PREFIX", "DROP_REASONS", "EXIT_BAD_INPUT", "EXIT_FAILED",
            "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TERMINATED", "OFFLINE_ENV", "PROGRESS_PREFIX",
@@ -22,4 +24,6 @@ __all__ = ["BUDGET_KEY", "CONFIG_KEY_PREFIX", "DROP_REASONS", "EXIT_BAD_INPUT", 
            "ExactMatch", "FileDigest", "LengthStats", "Manifest", "MeasuredBudget", "Metrics",
            "ProgressEvent", "RunLayout", "RunProgress", "SearchCandidate", "SearchCandidatePlan", "SearchPlan",
            "SearchReport", "SourceObject", "TerminationMessage", "TrainPoint", "Verdicts",
+           "FieldScore", "JsonScores", "LabelRow", "LabelScores", "ShapeScores", "TaskScores",
+           "TextScores",
            "one_line", "round_up", "sequence_len_for"]

@@ -29,6 +29,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from .scores import TaskScores
+
 SCHEMA_VERSION = 1
 # Keys of ours in the rendered Axolotl config (the trainer strips every `finetune_` key before
 # Axolotl sees the config): the derived budget, copied into metrics.json `budget`, and the
@@ -286,10 +288,14 @@ class ExactMatch(_Model):
     comparison: Comparison | None = Field(
         None, description="Against the reference the tuned model beats least convincingly "
                           "(highest p-value); the noGain verdict follows it.")
+    scores: TaskScores | None = Field(
+        None, description="Task-aware scores by answer shape (macro-F1, field accuracy or "
+                          "character similarity) of base, tuned and the baselines.")
 
     def compact(self) -> str:
-        """'EM 0.90 [0.74-0.97]': the tuned score and its interval."""
-        return f"EM {self.tuned:.2f}" + (f" {self.tuned_interval}" if self.tuned_interval else "")
+        """'EM 0.90 [0.74-0.97] F1 0.88': the tuned score, its interval and the task-aware one."""
+        text = f"EM {self.tuned:.2f}" + (f" {self.tuned_interval}" if self.tuned_interval else "")
+        return text + (f" {self.scores.compact()}" if self.scores else "")
 
     def headline(self) -> str | None:
         """The tuned model against its strongest reference, the line a status, an Event, the

@@ -142,19 +142,23 @@ def test_a_budget_that_is_not_the_operators_is_bad_config() -> None:
     assert _ours({}, BUDGET_KEY, Budget, "x") is None
 
 
-def test_exact_match_decoding_stops_at_the_first_wrong_token() -> None:
-    import torch
+def test_judge_keeps_exact_match_and_returns_the_answer_up_to_end_of_turn() -> None:
+    from finetune_trainer.evaluate import judge
 
-    from finetune_trainer.evaluate import _stop_on_divergence
+    # 0 is the end-of-turn token, 1 the pad that generate() fills a finished row with
+    # (special tokens decode to nothing).
+    vocab = {5: "ye", 6: "s", 7: "!", 9: "no", 0: "", 1: ""}
 
-    stop = _stop_on_divergence([[5, 6, 7]], start=2)  # prompt of 2 tokens, answer 5 6 7
-    assert not bool(stop(torch.tensor([[1, 2]]), None)[0])            # nothing generated yet
-    assert not bool(stop(torch.tensor([[1, 2, 5, 6]]), None)[0])      # still on the answer
-    assert bool(stop(torch.tensor([[1, 2, 5, 9]]), None)[0])          # diverged: cannot match
-    assert bool(stop(torch.tensor([[1, 2, 5, 6, 7, 8]]), None)[0])    # longer than the answer
-    # A batch: each row is judged against its own reference (rows of a left-padded batch).
-    rows = _stop_on_divergence([[5, 6], [7, 8]], start=2)
-    assert rows(torch.tensor([[0, 1, 5, 6], [0, 1, 7, 9]]), None).tolist() == [False, True]
+    def decode(ids: list[int]) -> str:
+        return "".join(vocab[i] for i in ids)
+
+    ref = [5, 6, 0]  # "yes" and its end-of-turn token
+    assert judge([5, 6, 0, 1, 1], ref, 0, decode, "yes") == (True, "yes")
+    assert judge([9, 0, 1], ref, 0, decode, "yes") == (False, "no")
+    # Right text that runs on past the end of turn: a miss for exact match, as before.
+    assert judge([5, 6, 7, 0], ref, 0, decode, "yes") == (False, "yes!")
+    # No end-of-turn token at all: the answer is everything generated (the length cap).
+    assert judge([5, 9, 9], ref, 0, decode, "yes") == (False, "yenono")
 
 
 def test_stage_clock_adds_up_repeated_stages(capsys: pytest.CaptureFixture[str]) -> None:

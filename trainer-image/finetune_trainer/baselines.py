@@ -90,10 +90,10 @@ def _scored(name: str, predictions: list[str], answers: list[str], **extra: Any)
                     correct=correct, **extra)
 
 
-def baselines(train: list[dict[str, Any]], validation: list[dict[str, Any]]
-              ) -> tuple[Shape, list[Baseline], dict[str, list[bool]]]:
-    """The shape of the train answers, each fitting baseline's score on `validation`, and its
-    per-record correctness (for the paired test). Chat records only."""
+def baseline_predictions(train: list[dict[str, Any]], validation: list[dict[str, Any]]
+                         ) -> tuple[Shape, dict[str, list[str]], dict[str, dict[str, Any]]]:
+    """The shape of the train answers, each fitting baseline's answer to every validation
+    record (by name), and extra fields of a baseline's score. Chat records only."""
     train_answers = [prompt_and_answer(r)[1] for r in train]
     pairs = [prompt_and_answer(r) for r in validation]
     prompts, answers = [p for p, _ in pairs], [a for _, a in pairs]
@@ -115,6 +115,15 @@ def baselines(train: list[dict[str, Any]], validation: list[dict[str, Any]]
     else:
         predicted["copyInput"] = prompts
         predicted["commonAnswer"] = [_mode([a.strip() for a in train_answers])] * len(answers)
+    return shape, predicted, extra
+
+
+def baselines(train: list[dict[str, Any]], validation: list[dict[str, Any]]
+              ) -> tuple[Shape, list[Baseline], dict[str, list[bool]]]:
+    """The shape of the train answers, each fitting baseline's score on `validation`, and its
+    per-record correctness (for the paired test). Chat records only."""
+    shape, predicted, extra = baseline_predictions(train, validation)
+    answers = [prompt_and_answer(r)[1] for r in validation]
     if not answers:
         return shape, [], {}
     scored = [_scored(n, p, answers, **extra.get(n, {})) for n, p in predicted.items()]

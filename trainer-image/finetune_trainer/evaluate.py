@@ -5,7 +5,8 @@ roles_to_train [assistant] and train_on_eos turn: the answer content and its end
 completion records: every token), token-weighted over EVERY validation record. Axolotl's own
 packed evaluation drops the last incomplete batch, so its numbers are not what we report.
 Greedy exact match is added when answers are short, with each record's hit or miss: the noGain
-verdict pairs them with the trivial baselines' on the same records (baselines.py).
+verdict pairs them with the trivial baselines' on the same records (baselines.py); the greedy
+answers themselves feed the task-aware scores (scoring.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from .baselines import same_answer
@@ -37,6 +39,7 @@ class EvalResult:
     records: int
     exact_match: float | None = None
     correct: list[bool] | None = None  # per validation record, in order (with exact_match)
+    answers: list[str] | None = None  # the greedy answers, in order (with exact_match)
 
 
 def encode(tokenizer: Any, record: dict[str, Any], shape: str) -> Encoded:
@@ -111,39 +114,41 @@ def answer_loss(model: Any, tokenizer: Any, encoded: list[Encoded]) -> tuple[flo
     return (total / count if count else math.nan), count
 
 
-def _stop_on_divergence(references: list[list[int]], start: int) -> Any:
-    """Stop each row's greedy decoding at its first token that differs from its reference.
+def judge(generated: list[int], reference: list[int], eos_token_id: int | None,
+          decode: Callable[[list[int]], str], answer: str) -> tuple[bool, str]:
+    """One row of a greedy decode: (exact match, the answer as generated).
 
-    Once a token differs the answer cannot match exactly, so decoding on only costs time: a
-    base model that rambles to the length cap made exact match the slowest part of a CPU run.
+    Exact match keeps its definition: the tokens up to and including the first one that differs
+    from the reference, decoded, equal the reference after trimming (a right answer that runs
+    on past its end-of-turn token is a miss). The answer for the task-aware scores is every
+    token before the first end-of-turn token (or the length cap).
     """
-    import torch
-    from transformers import StoppingCriteria
-
-    class Diverged(StoppingCriteria):
-        def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
-            n = input_ids.shape[1] - start
-            stop = []
-            for row, ref in zip(input_ids.tolist(), references):
-                stop.append(n > len(ref) or (n > 0 and row[-1] != ref[n - 1]))
-            return torch.tensor(stop, dtype=torch.bool, device=input_ids.device)
-
-    return Diverged()
+    cut = next((k for k, tok in enumerate(generated) if k >= len(reference) or tok != reference[k]),
+               len(generated))
+    hit = same_answer(decode(generated[: cut + 1]), answer)
+    end = next((k for k, tok in enumerate(generated) if tok == eos_token_id), len(generated))
+    return hit, decode(generated[:end]).strip()
 
 
-def exact_match(model: Any, tokenizer: Any, encoded: list[Encoded]) -> list[bool]:
-    """Per record: the greedy answer equals the reference after trimming whitespace.
+def greedy_answers(model: Any, tokenizer: Any, encoded: list[Encoded]) -> tuple[list[bool], list[str]]:
+    """Per record: exact match (see `judge`) and the greedy answer.
 
     Prompts are decoded in left-padded batches: one record at a time, a CPU spends its time
-    reading the weights once per token per record.
+    reading the weights once per token per record. Rows stop at their end-of-turn token or at
+    the longest reference + 2 tokens (decoding used to stop each row at its first wrong token,
+    which was cheaper but left nothing to score beyond exact match).
     """
     import torch
-    from transformers import StoppingCriteriaList
 
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     max_new = max(len(e.input_ids) - e.prompt_len for e in encoded) + 2
     hits: list[bool] = []
+    answers: list[str] = []
+
+    def decode(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
     with torch.no_grad():
         for start in range(0, len(encoded), GENERATE_BATCH):
             batch = encoded[start:start + GENERATE_BATCH]
@@ -153,20 +158,15 @@ def exact_match(model: Any, tokenizer: Any, encoded: list[Encoded]) -> list[bool
             for i, e in enumerate(batch):
                 ids[i, width - e.prompt_len:] = torch.tensor(e.input_ids[: e.prompt_len])
                 mask[i, width - e.prompt_len:] = 1
-            refs = [e.input_ids[e.prompt_len:] for e in batch]
-            stop = StoppingCriteriaList([_stop_on_divergence(refs, width)])
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                  max_new_tokens=max_new, do_sample=False,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
-                                 stopping_criteria=stop)
-            for i, (e, ref) in enumerate(zip(batch, refs)):
-                # A row's own tokens end at its first divergence (rows stopped early are padded).
-                gen = out[i, width:].tolist()
-                cut = next((k for k, tok in enumerate(gen) if k >= len(ref) or tok != ref[k]),
-                           len(gen))
-                text = tokenizer.decode(gen[: cut + 1], skip_special_tokens=True)
-                hits.append(same_answer(text, e.answer))
-    return hits
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
+            for i, e in enumerate(batch):
+                hit, text = judge(out[i, width:].tolist(), e.input_ids[e.prompt_len:],
+                                  tokenizer.eos_token_id, decode, e.answer)
+                hits.append(hit)
+                answers.append(text)
+    return hits, answers
 
 
 def short_answers(encoded: list[Encoded]) -> bool:
@@ -182,7 +182,9 @@ def evaluate(model_dir: str | Path, tokenizer: Any, records: list[dict[str, Any]
     loss, tokens = answer_loss(model, tokenizer, encoded)
     if with_exact_match is None:
         with_exact_match = shape == "messages" and short_answers(encoded)
-    hits = exact_match(model, tokenizer, encoded) if with_exact_match and encoded else None
+    hits, answers = (greedy_answers(model, tokenizer, encoded) if with_exact_match and encoded
+                     else (None, None))
     del model
     return EvalResult(loss=loss, tokens=tokens, records=len(records),
-                      exact_match=sum(hits) / len(hits) if hits else None, correct=hits)
+                      exact_match=sum(hits) / len(hits) if hits else None, correct=hits,
+                      answers=answers)
