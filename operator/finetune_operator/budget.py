@@ -1,8 +1,11 @@
 """The training budget derived from a prepared run's data: steps, cadence, sequence_len, packing.
 
 Pure arithmetic on the manifest's counts and character-length stats (no tokenizer here: the
-operator never loads one). Tokens are estimated at ~4 characters per token plus a fixed chat
-template overhead; the trainer re-measures with the real tokenizer and records both.
+operator never loads one, and a hub model's files are not reachable without a download).
+Tokens are estimated at ~4 characters per token plus a fixed chat template overhead. The step
+schedule is the contract's `schedule`: the trainer counts the answer tokens with the model's
+tokenizer and re-derives it from the count through the same function (digits and JSON take ~3x
+the estimate), unless spec.training fixed it; metrics.json `budget` records both counts.
 
 Why a budget from the data and not a fixed epoch count: a 4-label task with ~275 answer tokens
 reached 73% exact match in 3 epochs while richer tasks reached 83-100% (DESIGN.md, measured
@@ -20,19 +23,15 @@ import re
 from typing import Any, Literal
 
 from finetune_contract import Budget, Manifest, round_up, sequence_len_for
-from finetune_contract.budget import SEQ_MIN, SEQ_ROUND
+from finetune_contract.budget import (MAX_EPOCHS, MAX_STEPS, MIN_EPOCHS, MIN_STEPS,
+                                      MIN_STOP_FRACTION, SCHEDULE_FIELDS, SEQ_MIN, SEQ_ROUND,
+                                      TARGET_ANSWER_TOKENS, schedule)
+
+__all__ = ["MIN_STOP_FRACTION", "TARGET_ANSWER_TOKENS", "derive_budget", "model_size_billions"]
 
 CHARS_PER_TOKEN = 4.0
 TEMPLATE_TOKENS = 16          # role markers, newlines and end-of-turn tokens of a short chat
-# Answer tokens the model should see over the run. Measured on SmolLM2-135M (bench-quality):
-# triage's eval loss was 0.02 after one epoch and date-normalise reached 97% exact match by its
-# best step 168 of 286; 12 epochs and 4000 tokens cost 30+ minutes per task on CPU for no gain.
-TARGET_ANSWER_TOKENS = 2000
-MIN_EPOCHS, MAX_EPOCHS = 3.0, 6.0
-MIN_STEPS, MAX_STEPS = 30, 2000
-MIN_EVALS = 10                # >= 8 evaluations even if the last cadence step falls short
 PACK_GAIN = 1.15              # pack only when it cuts computed tokens by >= ~13%
-MIN_STOP_FRACTION = 0.3     # early stopping cannot end a run before this share of steps
 
 Profile = Literal["gpu", "cpu"]
 
@@ -137,41 +136,32 @@ def derive_budget(manifest: Manifest, *, model_name: str, adapter: str, profile:
                                ("one pack per micro-batch" if packing else
                                 f"{mbs} records per micro-batch on {profile}"))
 
-    # Steps: enough passes that the run sees ~TARGET_ANSWER_TOKENS answer tokens.
+    # Steps: enough passes that the run sees ~TARGET_ANSWER_TOKENS answer tokens (the
+    # contract's schedule; the trainer re-derives it from counted tokens).
+    plan = schedule(answer, n_train, records_per_step, epochs=o.get("epochs"),
+                    max_steps=o.get("max_steps"), patience=o.get("early_stopping_patience"))
+    steps, epochs, raw = plan.max_steps, plan.epochs, plan.raw_steps
+    recount = "; the trainer re-derives it from the answer tokens its tokenizer counts"
     if "max_steps" in o:
-        steps = int(o["max_steps"])
-        epochs = round(steps * records_per_step / max(n_train, 1), 2)
         why["max_steps"] = "set in spec.training.maxSteps"
     else:
         if "epochs" in o:
-            epochs = float(o["epochs"])
             why_epochs = "set in spec.training.epochs"
         else:
-            epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, TARGET_ANSWER_TOKENS / max(answer, 1)))
-            epochs = round(epochs, 2)
             why_epochs = (f"~{answer} answer tokens ({answer_why}); {TARGET_ANSWER_TOKENS} "
                           f"answer tokens wanted -> {epochs:g} epochs (clamped to "
                           f"{MIN_EPOCHS:g}-{MAX_EPOCHS:g})")
-        raw = math.ceil(n_train * epochs / records_per_step)
-        steps = min(MAX_STEPS, max(MIN_STEPS, raw))
         why["max_steps"] = (f"{why_epochs}; {n_train} records x {epochs:g} epochs / "
                             f"~{records_per_step:g} records per step = {raw}, kept within "
-                            f"{MIN_STEPS}-{MAX_STEPS}")
+                            f"{MIN_STEPS}-{MAX_STEPS}" + ("" if "epochs" in o else recount))
     why["num_epochs"] = "upper bound only: max_steps decides, early stopping may end sooner"
 
-    eval_steps = max(1, steps // MIN_EVALS)
-    evaluations = steps // eval_steps
+    eval_steps, evaluations = plan.eval_steps, plan.evaluations
     why["eval_steps"] = (f"every {eval_steps} steps -> {evaluations} evaluations over {steps} "
                          "steps; save_steps is equal so the best checkpoint is on disk")
-    if "early_stopping_patience" in o:
-        patience = int(o["early_stopping_patience"])
-        how = "spec.training.earlyStoppingPatience"
-    else:
-        # Eval loss on ~30 records is noisy: a stop must not come before ~40% of the budget,
-        # or small-signal tasks end before they learn (DESIGN.md, measured pitfalls).
-        patience = max(2, math.ceil(MIN_STOP_FRACTION * steps / eval_steps) - 1)
-        how = f"derived so no stop comes before ~{MIN_STOP_FRACTION:.0%} of the budget"
-    earliest = (patience + 1) * eval_steps
+    patience, earliest = plan.early_stopping_patience, plan.earliest_stop_step
+    how = ("spec.training.earlyStoppingPatience" if "early_stopping_patience" in o else
+           f"derived so no stop comes before ~{MIN_STOP_FRACTION:.0%} of the budget")
     why["early_stopping_patience"] = (
         f"{patience} evaluations without a new best eval_loss ({how}); cannot stop before step "
         f"{earliest} ({earliest * 100 // max(steps, 1)}% of the budget)")
@@ -181,7 +171,7 @@ def derive_budget(manifest: Manifest, *, model_name: str, adapter: str, profile:
     else:
         lr, lr_why = default_learning_rate(model_name, adapter)
     why["learning_rate"] = lr_why
-    warmup = max(1, round(0.05 * steps))
+    warmup = plan.warmup_steps
     why["warmup_steps"] = f"5% of {steps} steps, then cosine decay"
 
     eval_packing = packing and n_val >= 100
@@ -198,5 +188,7 @@ def derive_budget(manifest: Manifest, *, model_name: str, adapter: str, profile:
         evaluations=evaluations, early_stopping_patience=patience, earliest_stop_step=earliest,
         learning_rate=lr, warmup_steps=warmup, eval_sample_packing=eval_packing,
         sequence_len_set=True if "sequence_len" in o else None,
+        answer_tokens_estimated=answer, answer_tokens_used="estimated",
+        schedule_set=[k for k in SCHEDULE_FIELDS if k in o],
     )
     return budget, why

@@ -88,7 +88,7 @@ def _layout(run_uri: str) -> RunLayout:
 def run(args: argparse.Namespace, layout: RunLayout, work: Path):  # type: ignore[no-untyped-def]
     from finetune_contract.storage import Storage
 
-    from . import baselines, evaluate, fetch, report, search, train
+    from . import baselines, evaluate, fetch, recount, report, scoring, search, train
 
     started = time.monotonic()
     clock = train.StageClock()
@@ -125,6 +125,9 @@ def run(args: argparse.Namespace, layout: RunLayout, work: Path):  # type: ignor
               file=sys.stderr, flush=True)
         inputs.config["sequence_len"] = seq_len
     measured = _measured(encoded_train, seq_len, notes, profile, train.min_delta())
+    if budget:  # the schedule from the answer tokens counted here, not the render's estimate
+        budget, updates = recount.apply(budget, measured.answer_tokens, inputs.config)
+        inputs.config.update(updates)
     earliest = budget.earliest_stop_step if budget else 0
 
     max_steps = int(inputs.config.get("max_steps") or 0)
@@ -159,12 +162,14 @@ def run(args: argparse.Namespace, layout: RunLayout, work: Path):  # type: ignor
     }).wire())
     scored = (baselines.baselines(inputs.train_records, inputs.validation_records)
               if tuned.correct is not None else None)
+    scores = (scoring.task_scores(inputs.train_records, inputs.validation_records, base.answers,
+                                  tuned.answers) if base.answers and tuned.answers else None)
     metrics = report.build_metrics(
         run_id=inputs.manifest.run_id, base=base, tuned=tuned, state=result.state, config=cfg,
         budget=reported, wall_seconds=time.monotonic() - started, adapter_uri=layout.adapter,
         adapter_digest=report.adapter_digest(result.best_checkpoint), real_train_tokens=real_tokens,
         search=outcome.report if outcome else None, stage_seconds=clock.seconds(),
-        baselines=scored)
+        baselines=scored, scores=scores)
     clock.enter("upload", step=step, maxSteps=max_steps)
     report.upload(storage, layout, result.best_checkpoint, metrics, extra)
     clock.enter("done", step=step, maxSteps=max_steps)

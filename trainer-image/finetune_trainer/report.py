@@ -15,11 +15,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from finetune_contract import EvalPoint, ExactMatch, Metrics, RunLayout, TrainPoint, Verdicts
+from finetune_contract import (Budget, EvalPoint, ExactMatch, Metrics, RunLayout, TrainPoint,
+                               Verdicts)
 from finetune_contract.run import Baseline, Comparison
+from finetune_contract.scores import TaskScores
 from finetune_contract.storage import Storage
 
 from . import baselines as B
+from .recount import disagreement
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json",
                  "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
@@ -62,13 +65,15 @@ def verdicts(evals: list[EvalPoint], *, stopped_early: bool, base: float, tuned:
 Scored = tuple[B.Shape, list[Baseline], dict[str, list[bool]]]
 
 
-def exact_match(base: Any, tuned: Any, scored: Scored | None) -> ExactMatch | None:
+def exact_match(base: Any, tuned: Any, scored: Scored | None,
+                scores: TaskScores | None = None) -> ExactMatch | None:
     """Exact match of base and tuned with their intervals, the baselines (`scored`, from
-    baselines.baselines on the same validation records) and the paired comparison."""
+    baselines.baselines on the same validation records), the paired comparison and the
+    task-aware `scores` (scoring.task_scores)."""
     if base.exact_match is None or tuned.exact_match is None:
         return None
     n = tuned.records
-    shape, scores, per_record = scored or (None, [], {})
+    shape, found, per_record = scored or (None, [], {})
     comparison = None
     if base.correct is not None and tuned.correct is not None:
         comparison = B.compare(tuned.correct, {"base": base.correct, **per_record})
@@ -76,22 +81,28 @@ def exact_match(base: Any, tuned: Any, scored: Scored | None) -> ExactMatch | No
         base=base.exact_match, tuned=tuned.exact_match, samples=n,
         base_interval=B.wilson(round(base.exact_match * n), n),
         tuned_interval=B.wilson(round(tuned.exact_match * n), n),
-        answer_shape=shape, baselines=scores, comparison=comparison)
+        answer_shape=shape, baselines=found, comparison=comparison, scores=scores)
 
 
 def headline(m: Metrics) -> str:
-    """The termination message's summary: the comparison first, the loss after it."""
+    """The termination message's summary: the comparison first, the loss after it, and the
+    budget's token counts when the estimate and the count disagree."""
     loss = (f"eval loss {m.base_eval_loss:.4f} -> {m.eval_loss:.4f} ({m.improvement:+.1%}), "
             f"best step {m.best_step}")
     lead = m.exact_match.headline() if m.exact_match else None
-    return f"{lead}; {loss}" if lead else loss
+    text = f"{lead}; {loss}" if lead else loss
+    try:
+        note = disagreement(Budget.model_validate(m.budget)) if m.budget.get("maxSteps") else None
+    except ValueError:
+        note = None
+    return f"{text}; {note}" if note else text
 
 
 def build_metrics(*, run_id: str, base: Any, tuned: Any, state: dict[str, Any], config: dict[str, Any],
                   budget: dict[str, Any], wall_seconds: float, adapter_uri: str,
                   adapter_digest: str | None, real_train_tokens: int,
                   search: Any = None, stage_seconds: dict[str, float] | None = None,
-                  baselines: Scored | None = None) -> Metrics:
+                  baselines: Scored | None = None, scores: TaskScores | None = None) -> Metrics:
     evals, trains = histories(state)
     # Axolotl evaluates at step 0 too: that is the base model on its packed eval, not training.
     evals = [e for e in evals if e.step > 0] or evals
@@ -107,7 +118,7 @@ def build_metrics(*, run_id: str, base: Any, tuned: Any, state: dict[str, Any], 
         # real tokens seen = epochs run x real tokens of the split; computed = token slots filled
         efficiency = round(min(1.0, epochs * real_train_tokens / computed), 4)
     train_summary = next((e for e in reversed(state.get("log_history", [])) if "train_loss" in e), {})
-    exact = exact_match(base, tuned, baselines)
+    exact = exact_match(base, tuned, baselines, scores)
     return Metrics(
         run_id=run_id, base_eval_loss=base.loss, eval_loss=tuned.loss,
         improvement=Metrics.relative_improvement(base.loss, tuned.loss),
