@@ -22,6 +22,8 @@ CRD_FILE = f"{CRD_NAME}.yaml"
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    # Percent of the training steps done, while Training (and where a Failed run stopped).
+    {"name": "Progress", "type": "number", "jsonPath": ".status.progress.percent"},
     {"name": "Train", "type": "integer", "jsonPath": ".status.data.trainSamples"},
     {"name": "Val", "type": "integer", "jsonPath": ".status.data.validationSamples"},
     {"name": "Base loss", "type": "number", "jsonPath": ".status.metrics.baseEvalLoss"},

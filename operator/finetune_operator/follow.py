@@ -1,22 +1,25 @@
 """Following a run's Job (timer and Job events): read the Job, then write what it says —
-metrics and verdict on success, the trainer's own reason on failure — into the task's status.
+metrics and verdict on success, the reason on failure (podstate.py reads the pods), and while it
+runs the trainer's progress (progress.py) or why its pod cannot start — into the task's status.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 from typing import Any
 
 import kopf
 
-from . import metrics, transitions
+from . import metrics, podstate, progress, transitions
 from . import reasons as R
-from finetune_contract import Metrics, RunLayout, TerminationMessage, one_line
-from .spec import FineTuneTaskSpec, SpecError, parse_spec
+from finetune_contract import Metrics, RunLayout, one_line
+from .spec import FineTuneTaskSpec, FineTuneTaskStatus, ProgressStatus, SpecError, parse_spec
+from .status import condition
 from finetune_contract.storage import StorageError
 from .taskstate import (METRICS_MAX_BYTES, RETRY_SOON, Context, Stop, Task, Writer, api,
-                        storage_for)
+                        storage_for, storage_quietly)
 
 LOG = logging.getLogger(__name__)
 
@@ -55,9 +58,9 @@ def follow_run(w: Writer, spec: FineTuneTaskSpec) -> None:
     if job is None or "Complete" in conds:
         _succeed(w, spec, layout, job)
     elif "Failed" in conds:
-        _job_failed(w, conds["Failed"])
+        _job_failed(w, job)
     else:
-        _running(w, job)
+        _running(w, spec, layout, job)
 
 
 def _succeed(w: Writer, spec: FineTuneTaskSpec, layout: RunLayout,
@@ -89,27 +92,76 @@ def _succeed(w: Writer, spec: FineTuneTaskSpec, layout: RunLayout,
     metrics.TASK_LAST_SUCCESS.labels(ref.namespace, ref.name).set(time.time())
 
 
-def _job_failed(w: Writer, cond: dict[str, Any]) -> None:
-    """Reason from the trainer's termination message when it wrote one, else the Job's."""
+def _job_failed(w: Writer, job: dict[str, Any]) -> None:
+    """The trainer's reason when it gave a specific one, else what its pods and the Job say."""
+    pods = _pods(w)
+    d = podstate.failure(job, pods, progress=w.status.progress, waited=_waited(w.status, pods))
+    w.fail("Trained", d.reason, d.message)
+
+
+def _pods(w: Writer) -> list[dict[str, Any]]:
     ns, name = w.task.ref.namespace, w.status.job.name  # type: ignore[union-attr]
-    raw = api(lambda: w.ctx.kube.termination_message(ns, name))
-    term = TerminationMessage.decode(raw)
-    if term is not None:
-        reason, message = term.reason, term.message
-    else:
-        reason = cond.get("reason") or R.JOB_FAILED
-        message = f"Job {name} failed: {cond.get('message') or reason}"
-        if raw:  # FallbackToLogsOnError: the log tail of a crash (OOM, bug)
-            message += f"; last output: {one_line(raw, 200)}"
-    w.fail("Trained", reason, message)
+    return podstate.of_job(api(lambda: w.ctx.kube.job_pods(ns, name)), name)
 
 
-def _running(w: Writer, job: dict[str, Any]) -> None:
+def _waited(st: FineTuneTaskStatus, pods: list[dict[str, Any]]) -> podstate.Waiting | None:
+    """A pod that never started: still listed, or (the Job controller deleted it at the
+    deadline) as the status said while it waited."""
+    now = podstate.waiting(pods)
+    cond = condition(st, "Trained")
+    if now is None and cond is not None and cond.status == "Unknown" and \
+            cond.reason in transitions.POD_WAITING:
+        return podstate.Waiting(cond.reason, cond.message, None)
+    return now
+
+
+def _running(w: Writer, spec: FineTuneTaskSpec, layout: RunLayout, job: dict[str, Any]) -> None:
     js = job.get("status") or {}
     start = js.get("startTime")
     new = w.status
+    event = None
     if new.job is not None and start and new.job.start_time != start:
         new = new.model_copy(update={"job": new.job.model_copy(update={"start_time": start})})
     if js.get("active") and new.job is not None:
-        new = transitions.running(new, new.job.name, w.at()).status
-    w.commit(new)
+        w.status = new
+        new, event = _pod_started(w, job)
+    w.commit(transitions.progressed(new, _progress(w, spec, layout)), event)
+
+
+def _pod_started(w: Writer, job: dict[str, Any]) -> transitions.Step:
+    """Running, or why the pod cannot start. Pods are listed only while the Job has a pod that
+    is not ready (its `ready` count), so a training run costs no pod reads."""
+    js, name = job.get("status") or {}, w.status.job.name  # type: ignore[union-attr]
+    if (js.get("ready") or 0) >= js["active"]:
+        return transitions.running(w.status, name, w.at())
+    stuck = podstate.waiting(_pods(w))
+    if stuck is None:
+        return transitions.running(w.status, name, w.at())
+    s = w.ctx.settings
+    timeout = (s.image_pull_timeout if stuck.reason == R.IMAGE_PULL_FAILED
+               else s.unschedulable_timeout)
+    if stuck.expired(datetime.datetime.now(datetime.timezone.utc), timeout):
+        _give_up(w, stuck, timeout)
+    return transitions.pod_waiting(w.status, stuck.reason, stuck.message(timeout), w.at())
+
+
+def _give_up(w: Writer, stuck: podstate.Waiting, timeout: float) -> None:
+    """Waited too long: fail the run, then delete its Job so that its pod stops holding a GPU
+    or a Kueue quota (the status and the Event keep the reason)."""
+    ns, name = w.task.ref.namespace, w.status.job.name  # type: ignore[union-attr]
+    ending = transitions.fail(w.status, "Trained", stuck.reason,
+                              f"{stuck.detail}; gave up after {timeout:.0f} s and deleted "
+                              f"Job {name}", w.at())
+    w.end(ending)
+    api(lambda: w.ctx.kube.delete_job(ns, name))
+    raise kopf.PermanentError(w.scrub(f"{ending.reason}: {ending.event.message}"))
+
+
+def _progress(w: Writer, spec: FineTuneTaskSpec, layout: RunLayout) -> ProgressStatus | None:
+    """The trainer's latest report, at most once per FINETUNE_PROGRESS_INTERVAL per task."""
+    ref = w.task.ref
+    if not w.ctx.progress.due((ref.namespace, ref.name)):
+        return None
+    storage = storage_quietly(w, spec)
+    report = progress.read(storage, layout) if storage is not None else None
+    return progress.summary(report) if report is not None else None

@@ -129,22 +129,13 @@ class Kube:
 
     # ---- Pods, Secrets ---------------------------------------------------------------------
 
-    def termination_message(self, namespace: str, job_name: str) -> str | None:
-        """The trainer container's termination message from the Job's newest finished pod."""
+    def job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+        """The Job's pods (`job-name` selector, filtered again in podstate.of_job): their
+        container states and conditions say why a run fails or cannot start."""
         pods = self._call(f"list pods of job {namespace}/{job_name}",
                           self.core.list_namespaced_pod, namespace,
                           label_selector=f"job-name={job_name}") or {}
-        best: tuple[str, str] | None = None
-        for pod in pods.get("items", []):
-            # Filter again: a selector the server ignored must not mix in other Jobs' pods.
-            if (pod.get("metadata", {}).get("labels") or {}).get("job-name") != job_name:
-                continue
-            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-                term = (cs.get("state") or {}).get("terminated") or {}
-                if cs.get("name") == "trainer" and term.get("message"):
-                    key = (term.get("finishedAt") or "", term["message"])
-                    best = max(best, key) if best else key
-        return best[1] if best else None
+        return list(pods.get("items", []))
 
     def read_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         """The Secret's base64 `data`, or None when it does not exist. Never logged."""

@@ -63,6 +63,16 @@ POD_FAILURE_POLICY: Final = "PodFailurePolicy"          # exit 2: bad input, not
 BACKOFF_LIMIT_EXCEEDED: Final = "BackoffLimitExceeded"  # crashed backoffLimit + 1 times
 DEADLINE_EXCEEDED: Final = "DeadlineExceeded"           # ran past activeDeadlineSeconds
 
+# ---- Failed: what the trainer's pod says (podstate.py), when the trainer could not -----------
+OOM_KILLED: Final = "OOMKilled"              # killed at the memory limit (or exit 137)
+GPU_NOT_FOUND: Final = "GpuNotFound"         # the kubelet's device plugin or CUDA found no GPU
+# These two also stand in Trained=Unknown while the pod waits; the run fails after the
+# operator's FINETUNE_IMAGE_PULL_TIMEOUT / FINETUNE_UNSCHEDULABLE_TIMEOUT.
+IMAGE_PULL_FAILED: Final = "ImagePullFailed"  # ErrImagePull / ImagePullBackOff
+UNSCHEDULABLE: Final = "Unschedulable"        # PodScheduled=False: no node fits the pod
+POD: Final[frozenset[str]] = frozenset({OOM_KILLED, GPU_NOT_FOUND, IMAGE_PULL_FAILED,
+                                        UNSCHEDULABLE})
+
 # ---- Failed: local runs only -----------------------------------------------------------------
 INTERRUPTED: Final = "Interrupted"      # Ctrl-C or SIGTERM stopped the trainer
 TRAINER_FAILED: Final = "TrainerFailed"  # the trainer exited non-zero without a message
@@ -91,6 +101,6 @@ FAILURES: Final = (frozenset({INVALID_SPEC, POLICY_VIOLATION, INVALID_CONFIG, SE
                               JOB_LOST, METRICS_MISSING, BAD_METRICS, JOB_FAILED,
                               POD_FAILURE_POLICY, BACKOFF_LIMIT_EXCEEDED, DEADLINE_EXCEEDED,
                               INTERRUPTED, TRAINER_FAILED})
-                   | (PREPARE - SKIPS) | trainer.FAILURES)
+                   | POD | (PREPARE - SKIPS) | trainer.FAILURES)
 # Every reason written anywhere (the trainer's `Succeeded` is its termination message only).
 ALL: Final = UNDER_WAY | VERDICTS | SKIPS | EVENTS | FAILURES | {trainer.SUCCEEDED}

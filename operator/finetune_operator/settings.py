@@ -26,6 +26,15 @@ class OperatorSettings(BaseSettings):
     watch_server_timeout: int = Field(300, ge=10, description="Seconds the API server keeps a watch.")
     watch_client_timeout: int = Field(330, ge=10, description="Seconds before the client drops a watch.")
     poll_interval: float = Field(30.0, gt=0, description="Seconds between timer checks of a running Job.")
+    progress_interval: float = Field(
+        30.0, gt=0, description="Seconds between reads of a running trainer's progress.json "
+        "(and so between status.progress patches) per task.")
+    image_pull_timeout: float = Field(
+        600.0, ge=0, description="Seconds a trainer pod may fail to pull its image before the "
+        "run fails (ImagePullFailed) and its Job is deleted; 0: wait for the Job's deadline.")
+    unschedulable_timeout: float = Field(
+        1800.0, ge=0, description="Seconds a trainer pod may find no node before the run fails "
+        "(Unschedulable) and its Job is deleted; 0: wait for the Job's deadline.")
     job_ttl_seconds: int = Field(7 * 24 * 3600, ge=0, description="ttlSecondsAfterFinished of Jobs.")
     service_account: str = Field("", description="ServiceAccount of trainer pods; empty = namespace default.")
     device_profile: Literal["gpu", "cpu"] = Field("gpu", description="Trainer profile when gpu > 0.")

@@ -221,6 +221,29 @@ class MetricsStatus(CamelModel):
     no_gain: bool | None = None
     chosen_learning_rate: float | None = Field(None, description="spec.training.search's winner.")
     chosen_lora_r: int | None = Field(None, description="spec.training.search's winner.")
+    exact_match_low: float | None = Field(None, description="95% Wilson interval of exactMatch.")
+    exact_match_high: float | None = Field(None, description="95% Wilson interval of exactMatch.")
+    best_baseline: str | None = Field(
+        None, description="The trivial baseline with the highest exact match (e.g. majorityLabel).")
+    best_baseline_exact_match: float | None = None
+    headline: str | None = Field(
+        None, description="The tuned model against its strongest reference (base or baseline).")
+    resumed_from_step: int | None = Field(
+        None, description="The checkpoint step the last trainer pod resumed from.")
+    resume_count: int | None = Field(None, description="Times the run resumed from a checkpoint.")
+
+
+class ProgressStatus(CamelModel):
+    """A summary of the running trainer's progress.json; the eval curve stays in S3."""
+
+    stage: str
+    percent: float | None = Field(None, description="Share of the training steps done, 0-100.")
+    step: int | None = None
+    max_steps: int | None = None
+    eta_seconds: int | None = Field(None, description="Training time left at the current rate.")
+    last_eval_loss: float | None = None
+    resumed_from_step: int | None = Field(None, description="The checkpoint this pod started from.")
+    updated: str = Field(description="When the trainer wrote the report (RFC 3339).")
 
 
 class AdapterStatus(CamelModel):
@@ -235,6 +258,7 @@ class FineTuneTaskStatus(CamelModel):
     conditions: list[Condition] = Field(default_factory=list)
     data: DataStatus | None = None
     job: JobStatus | None = None
+    progress: ProgressStatus | None = None
     metrics: MetricsStatus | None = None
     adapter: AdapterStatus | None = None
     message: str | None = None

@@ -121,16 +121,27 @@ NO_GAIN_OVER_BASELINE_ADVICE = ("the adapter is not worth serving: it may have l
 
 
 def metrics_status(m: Metrics) -> MetricsStatus:
+    """The figures of metrics.json a person reads in the status; the rest stays in S3."""
     won = m.search.candidates[m.search.chosen] if m.search else None
+    em = m.exact_match
+    interval = em.tuned_interval if em else None
+    best = max(em.baselines, key=lambda b: b.exact_match) if em and em.baselines else None
     return MetricsStatus(
         base_eval_loss=m.base_eval_loss, eval_loss=m.eval_loss, improvement=m.improvement,
         train_loss=m.train_loss, best_step=m.best_step, stopped_early=m.stopped_early,
         overfit_gap=m.overfit_gap,
-        exact_match_base=m.exact_match.base if m.exact_match else None,
-        exact_match=m.exact_match.tuned if m.exact_match else None,
+        exact_match_base=em.base if em else None,
+        exact_match=em.tuned if em else None,
+        exact_match_low=interval.low if interval else None,
+        exact_match_high=interval.high if interval else None,
+        best_baseline=best.name if best else None,
+        best_baseline_exact_match=best.exact_match if best else None,
+        headline=em.headline() if em else None,
         overfit=m.verdicts.overfit, no_gain=m.verdicts.no_gain,
         chosen_learning_rate=won.learning_rate if won else None,
-        chosen_lora_r=won.lora_r if won else None)
+        chosen_lora_r=won.lora_r if won else None,
+        resumed_from_step=m.resumed_from_step,
+        resume_count=m.resume_count or None)
 
 
 def evaluation(m: Metrics) -> tuple[str, str, bool]:

@@ -10,6 +10,7 @@ import datetime
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -18,6 +19,7 @@ import kopf
 from . import API_VERSION, KIND, metrics, transitions
 from finetune_contract import one_line
 from .kube import ApiError, Kube
+from .progress import Throttle
 from .resources import TaskRef, s3_endpoint
 from .settings import OperatorSettings
 from .spec import ConditionType, FineTuneTaskSpec, FineTuneTaskStatus
@@ -36,7 +38,9 @@ class Context:
 
     settings: OperatorSettings
     kube: Kube
+    clock: Callable[[], float] = time.monotonic  # injected by tests
     prep_slots: threading.BoundedSemaphore = field(init=False)
+    progress: Throttle = field(init=False)
     _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
     _storages: OrderedDict[tuple[Any, ...], Storage] = field(default_factory=OrderedDict)
@@ -44,6 +48,7 @@ class Context:
 
     def __post_init__(self) -> None:
         self.prep_slots = threading.BoundedSemaphore(self.settings.max_parallel_preparations)
+        self.progress = Throttle(self.settings.progress_interval, self.clock)
 
     def lock(self, task: TaskRef) -> threading.Lock:
         """One lock per task: the spec handler, the timer and Job events never interleave."""
@@ -139,6 +144,7 @@ class Writer:
             metrics.RUN_DURATION.labels(ref.namespace, ending.result).observe(
                 max(0.0, time.time() - t0.timestamp()))
         self.ctx.set_active(ref, False)
+        self.ctx.progress.forget((ref.namespace, ref.name))
         for gauge in (metrics.TASK_TRAINING_STARTED, metrics.TASK_TRAINING_DEADLINE):
             try:
                 gauge.remove(ref.namespace, ref.name)
@@ -186,6 +192,27 @@ def storage_for(w: Writer, spec: FineTuneTaskSpec) -> Storage:
         except (StorageError, ValueError) as err:
             raise kopf.TemporaryError(f"{one_line(str(err))}: fix the Secret",
                                       delay=RETRY_LATER) from None
+    return _storage(w, spec, creds)
+
+
+def storage_quietly(w: Writer, spec: FineTuneTaskSpec) -> Storage | None:
+    """storage_for without side effects, for best-effort reads (progress.json): None when the
+    Secret is missing, unreadable or the API fails; nothing is written to the status."""
+    secret = spec.storage.credentials_secret
+    creds = Credentials()
+    if secret:
+        ns = w.task.ref.namespace
+        try:
+            data = w.ctx.kube.read_secret_data(ns, secret)
+            if data is None:
+                return None
+            creds = Credentials.from_secret_data(data, secret_name=secret)
+        except (ApiError, StorageError, ValueError):
+            return None
+    return _storage(w, spec, creds)
+
+
+def _storage(w: Writer, spec: FineTuneTaskSpec, creds: Credentials) -> Storage:
     # The access key id is an identifier, not a secret (and may be a common word): scrub and
     # guard the secret key and session token.
     w.secrets = [s.get_secret_value() for s in (creds.secret_access_key, creds.session_token) if s]

@@ -21,9 +21,9 @@ from typing import Literal, NamedTuple
 from finetune_contract import Manifest, Metrics, RunLayout
 from . import reasons as R
 from .spec import (AdapterStatus, ConditionType, FineTuneTaskSpec, FineTuneTaskStatus,
-                   JobStatus, Phase)
-from .status import (CondStatus, data_status, evaluation, metrics_status, new_run, set_condition,
-                     with_phase)
+                   JobStatus, Phase, ProgressStatus)
+from .status import (CondStatus, condition, data_status, evaluation, metrics_status, new_run,
+                     set_condition, with_phase)
 
 FinalPhase = Literal["Succeeded", "Failed", "Skipped"]
 RESULT_OF: dict[FinalPhase, R.Result] = {
@@ -133,8 +133,28 @@ def job_suspended(st: FineTuneTaskStatus, job_name: str, suspend: bool, at: At) 
 
 
 def running(st: FineTuneTaskStatus, job_name: str, at: At) -> Step:
-    return Step(_cond(st, "Trained", "Unknown", R.RUNNING,
-                      f"trainer pod running (Job {job_name})", at))
+    msg = f"trainer pod running (Job {job_name})"
+    was = condition(st, "Trained")
+    if was is not None and was.reason in POD_WAITING:
+        st = _phase(st, st.phase, msg, at)  # the pod started after all: drop the waiting line
+    return Step(_cond(st, "Trained", "Unknown", R.RUNNING, msg, at))
+
+
+POD_WAITING: frozenset[str] = frozenset({R.IMAGE_PULL_FAILED, R.UNSCHEDULABLE})
+
+
+def pod_waiting(st: FineTuneTaskStatus, reason: str, message: str, at: At) -> Step:
+    """The trainer pod cannot start (its image, no node): Trained=Unknown and the phase message
+    say why; a Warning Event when it starts (not on every check)."""
+    was = condition(st, "Trained")
+    new = _phase(_cond(st, "Trained", "Unknown", reason, message, at), st.phase, message, at)
+    fresh = was is None or was.reason != reason
+    return Step(new, Event("Warning", reason, message) if fresh else None)
+
+
+def progressed(st: FineTuneTaskStatus, progress: ProgressStatus | None) -> FineTuneTaskStatus:
+    """The running trainer's latest report (None keeps the last one)."""
+    return st if progress is None else st.model_copy(update={"progress": progress})
 
 
 # ---- outcomes ------------------------------------------------------------------------------
@@ -160,8 +180,10 @@ def succeed(st: FineTuneTaskStatus, m: Metrics, at: At, *, job: JobStatus | None
     new = _cond(st, "Trained", "True", R.COMPLETED, f"best step {m.best_step}, train loss "
                 f"{m.train_loss}" + (", stopped early" if m.stopped_early else ""), at)
     new = _cond(new, "Evaluated", "True", reason, message, at)
+    # status.progress goes: status.metrics holds the finished run (a Failed run keeps its last
+    # progress, which says how far it got).
     return _end(new, "Succeeded", ("Evaluated", "True", reason), message, at, ready=ready,
-                metrics=metrics_status(m), job=job,
+                metrics=metrics_status(m), job=job, progress=None,
                 adapter=AdapterStatus(uri=m.adapter_uri, digest=m.adapter_digest))
 
 

@@ -421,9 +421,10 @@ def test_kubectl_get_prints_the_crd_columns(cluster: Cluster, ns: str,
     _patch(cluster, name, {"status": SUCCEEDED_STATUS}, status=True)
 
     [header, row] = _table(cluster.kubectl(kubectl_cache, "get", "ftt", name, "-n", ns).stdout)
-    assert header == ["NAME", "PHASE", "TRAIN", "VAL", "BASE LOSS", "EVAL LOSS", "IMPROVEMENT",
-                      "AGE"]
-    assert row[:-1] == [name, "Succeeded", "900", "100", "2.5", "1.25", "0.5"]
+    assert header == ["NAME", "PHASE", "PROGRESS", "TRAIN", "VAL", "BASE LOSS", "EVAL LOSS",
+                      "IMPROVEMENT", "AGE"]
+    # A finished run's progress is dropped (status.metrics has the outcome).
+    assert row[:-1] == [name, "Succeeded", "<none>", "900", "100", "2.5", "1.25", "0.5"]
     assert re.fullmatch(r"\d+s", row[-1]), row[-1]
 
     [header, row] = _table(cluster.kubectl(kubectl_cache, "get", "finetunetask", name, "-n", ns,

@@ -68,7 +68,8 @@ def test_crd_shape() -> None:
     assert "finetune" in crd["spec"]["names"]["categories"]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    for col in ("Phase", "Train", "Val", "Base loss", "Eval loss", "Improvement", "Age"):
+    for col in ("Phase", "Progress", "Train", "Val", "Base loss", "Eval loss", "Improvement",
+                "Age"):
         assert col in columns
 
 

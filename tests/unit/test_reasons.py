@@ -98,7 +98,8 @@ def test_the_policy_and_data_preparation_use_these_values() -> None:
 # Modules that write conditions, Events or metrics. A string equal to a reason that is not also a
 # phase or a condition type (those words have their own meaning there) must come from reasons.py.
 WRITERS = [OPERATOR / f for f in ("reconcile.py", "taskstate.py", "status.py", "follow.py",
-                                  "handlers.py", "kube.py", "metrics.py", "transitions.py")] + [
+                                  "handlers.py", "kube.py", "metrics.py", "transitions.py",
+                                  "podstate.py", "progress.py")] + [
     ROOT / "dev/finetune_dev/local.py", ROOT / "dev/finetune_dev/local_status.py"]
 AMBIGUOUS = set(get_args(Phase)) | set(get_args(ConditionType))
 
