@@ -114,7 +114,7 @@ bench-operator: venv tools controlplane ## 1,000 tasks applied at once on a real
 	$(PY) bench/bench_operator.py
 
 .PHONY: bench-quality
-bench-quality: venv ## Five tasks on SmolLM2-135M: base vs our defaults vs a hand config
+bench-quality: venv ## Nine task families + a random-label check on SmolLM2-135M: base vs our defaults vs a hand config
 	$(PY) bench/bench_quality.py
 
 .PHONY: bench-quality-smoke

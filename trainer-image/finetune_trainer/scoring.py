@@ -57,15 +57,16 @@ def label_scores(answers: list[str], references: list[str], label_set: list[str]
     known = set(label_set) | set(refs)
     support, predicted = Counter(refs), Counter(p for p in preds if p in known)
     hits = Counter(r for p, r in zip(preds, refs) if p == r)
-    rows = []
+    rows, f1s = [], []
     for label in sorted(set(support) | set(predicted)):
         tp = hits[label]
         precision = tp / predicted[label] if predicted[label] else 0.0
         recall = tp / support[label] if support[label] else 0.0
         f1 = 2 * tp / (support[label] + predicted[label])
+        f1s.append(f1)
         rows.append(LabelRow(label=label, support=support[label], predicted=predicted[label],
                              precision=_r(precision), recall=_r(recall), f1=_r(f1)))
-    macro = _r(sum(r.f1 for r in rows) / len(rows)) if rows else 0.0
+    macro = _r(sum(f1s) / len(f1s)) if f1s else 0.0
     accuracy = _r(sum(hits.values()) / len(refs)) if refs else 0.0
     return ShapeScores(headline=macro, labels=LabelScores(accuracy=accuracy, macro_f1=macro,
                                                           per_label=rows))
