@@ -33,7 +33,11 @@ from .harness import (Cluster, Identity, OperatorProcess, ScriptedTrainer, chart
 _ns_ids = itertools.count()
 # The test S3 server listens on loopback, which the operator's endpoint policy refuses unless
 # an admin allows it: the e2e operator is that admin's deployment.
-OPERATOR_TEST_SETTINGS: dict[str, Any] = {"allow_loopback_endpoints": "true"}
+OPERATOR_TEST_SETTINGS: dict[str, Any] = {"allow_loopback_endpoints": "true",
+                                          # seconds, not minutes: tests wait for these
+                                          "progress_interval": 2, "image_pull_timeout": 4,
+                                          "unschedulable_timeout": 4,
+                                          "taskset_resync_interval": 2}
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,15 @@ There is no kubelet or container runtime on these machines. This node watches po
 unscheduled ones to itself (there is no scheduler either), resolves what a kubelet resolves
 (Secret and ConfigMap env, ConfigMap and emptyDir volumes), hands the pod to a `PodRunner`, and
 writes the container's terminated state (exit code, termination message) to `pods/status`. It
-honours deletion: a pod being deleted is stopped and then removed with grace 0, as a kubelet
-confirms it. Job status, retries, podFailurePolicy, suspend, deadlines and garbage collection
-are the real controllers' work.
+honours deletion: a pod being deleted is stopped, reported Failed (as a kubelet gives a killed
+pod a terminal phase, keeping a DisruptionTarget condition the eviction API added) and then
+removed with grace 0, as a kubelet confirms it. Job status, retries, podFailurePolicy, suspend,
+deadlines and garbage collection are the real controllers' work.
+
+Two things a real cluster does that tests need to provoke, played faithfully: a pod whose
+`nodeSelector` this node's labels do not match is marked `PodScheduled=False, Unschedulable` with
+the scheduler's message (and never bound), and an image from a `.invalid` registry (a name that
+never resolves, RFC 2606) waits in `ErrImagePull` then `ImagePullBackOff` until it is deleted.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ class ContainerConfigError(Exception):
 class Outcome:
     exit_code: int
     message: str = ""
+    reason: str | None = None  # the terminated state's reason, e.g. "OOMKilled"; default Error
 
 
 @dataclass
@@ -118,6 +125,12 @@ def termination_message(ctx: PodContext, exit_code: int, logfile: Path) -> str:
     return text[-TERMINATION_MESSAGE_LIMIT:]
 
 
+def unpullable(image: str) -> bool:
+    """An image whose registry is under `.invalid`, which never resolves (RFC 2606)."""
+    host = image.split("/", 1)[0] if "/" in image else ""
+    return host.split(":", 1)[0].endswith(".invalid")
+
+
 class Node:
     """Watches every pod and plays the kubelet for the ones that land on this node."""
 
@@ -136,6 +149,8 @@ class Node:
         # running one ends. None: every pod is bound at once.
         self.max_running = max_running
         self._bound: set[str] = set()  # uids bound here and not finished
+        self._unschedulable: set[str] = set()  # uids already marked Unschedulable
+        self.labels = {"kubernetes.io/hostname": name}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._watch_forever, name="node", daemon=True)
@@ -157,7 +172,7 @@ class Node:
 
     def _register(self) -> None:
         body = {"apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": self.name, "labels": {"kubernetes.io/hostname": self.name}},
+                "metadata": {"name": self.name, "labels": dict(self.labels)},
                 "status": {"capacity": {"cpu": "2", "memory": "24Gi", "pods": "1100"},
                            "allocatable": {"cpu": "2", "memory": "24Gi", "pods": "1100"}}}
         self._call(self.core.create_node, body, ok=(409,))
@@ -204,7 +219,9 @@ class Node:
         meta, spec = pod["metadata"], pod["spec"]
         uid = meta["uid"]
         if spec.get("nodeName") in (None, "") and not meta.get("deletionTimestamp"):
-            if self._take_slot(uid):
+            if not self._fits(pod):
+                self._mark_unschedulable(pod)
+            elif self._take_slot(uid):
                 self._bind(pod)
             return
         if spec.get("nodeName") != self.name:
@@ -221,8 +238,29 @@ class Node:
         threading.Thread(target=self._run_pod, args=(pod,), daemon=True,
                          name=f"pod-{meta['name']}").start()
 
+    def _fits(self, pod: dict[str, Any]) -> bool:
+        wanted = pod["spec"].get("nodeSelector") or {}
+        return all(self.labels.get(k) == v for k, v in wanted.items())
+
+    def _mark_unschedulable(self, pod: dict[str, Any]) -> None:
+        """What the scheduler writes when no node fits (once: the patch comes back as an event)."""
+        meta = pod["metadata"]
+        with self._lock:
+            if meta["uid"] in self._unschedulable:
+                return
+            self._unschedulable.add(meta["uid"])
+        message = ("0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector. "
+                   "preemption: 0/1 nodes are available: 1 Preemption is not helpful for "
+                   "scheduling.")
+        self._call(self.core.patch_namespaced_pod_status, meta["name"], meta["namespace"],
+                   {"status": {"conditions": [{
+                       "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                       "message": message, "lastTransitionTime": now()}]}},
+                   _content_type="application/strategic-merge-patch+json", ok=(404, 409))
+
     def _forget(self, pod: dict[str, Any]) -> None:
         with self._lock:
+            self._unschedulable.discard(pod["metadata"]["uid"])
             ctx = self._pods.pop(pod["metadata"]["uid"], None)
         if ctx is not None:
             ctx.stop.set()
@@ -299,6 +337,9 @@ class Node:
                 if meta["uid"] not in self._pods:
                     return
                 self._pods[meta["uid"]] = ctx
+            if unpullable(container["image"]):
+                self._pull_forever(ns, name, container, ctx)
+                return
             self._patch_status(ns, name, {
                 "phase": "Running", "startTime": started, "hostIP": "127.0.0.1",
                 "podIP": "127.0.0.1",
@@ -313,11 +354,18 @@ class Node:
                 log.exception("runner failed for %s/%s", ns, name)
                 outcome = Outcome(128, f"node runner error: {err}")
             if ctx.stop.is_set():
+                # Killed for its deletion: a terminal phase first (the Job controller reads it,
+                # and the DisruptionTarget condition an eviction added stays), then confirm.
+                self._patch_status(ns, name, {"phase": "Failed", "containerStatuses": [
+                    self._container_status(container, {"terminated": {
+                        "exitCode": outcome.exit_code or 137, "reason": "Error",
+                        "startedAt": started, "finishedAt": now()}})]})
                 self._confirm_deleted(ns, name)
                 return
             phase = "Succeeded" if outcome.exit_code == 0 else "Failed"
             terminated = {"exitCode": outcome.exit_code,
-                          "reason": "Completed" if outcome.exit_code == 0 else "Error",
+                          "reason": outcome.reason or ("Completed" if outcome.exit_code == 0
+                                                       else "Error"),
                           "startedAt": started, "finishedAt": now()}
             if outcome.message:
                 terminated["message"] = outcome.message[-TERMINATION_MESSAGE_LIMIT:]
@@ -330,6 +378,24 @@ class Node:
         finally:
             shutil.rmtree(work, ignore_errors=True)
             self._free_slot(meta["uid"])
+
+    def _pull_forever(self, ns: str, name: str, container: dict[str, Any],
+                      ctx: PodContext) -> None:
+        """An image that cannot be pulled: ErrImagePull, then ImagePullBackOff, until deleted."""
+        scheduled = [{"type": "PodScheduled", "status": "True", "lastTransitionTime": now()}]
+        said = (f'failed to pull and unpack image "{container["image"]}": failed to resolve '
+                f"reference: dial tcp: lookup {container['image'].split('/')[0]}: no such host")
+        for reason, message in (("ErrImagePull", said),
+                                ("ImagePullBackOff", f'Back-off pulling image "{container["image"]}"')):
+            self._patch_status(ns, name, {"phase": "Pending", "conditions": scheduled,
+                                          "containerStatuses": [self._container_status(
+                                              container, {"waiting": {"reason": reason,
+                                                                      "message": message}})]})
+            if ctx.stop.wait(1.0):
+                break
+        while not ctx.stop.wait(1.0) and not self._stopping.is_set():
+            pass
+        self._confirm_deleted(ns, name)
 
     def _deleted(self, ns: str, name: str) -> bool:
         pod = self._call(self.core.read_namespaced_pod, name, ns, ok=(404,))
