@@ -80,6 +80,7 @@ test-quick: venv tools controlplane ## Everything except the tests marked slow
 .PHONY: crds
 crds: venv ## Regenerate crds/ from the pydantic spec
 	$(PY) -m finetune_operator.crdgen > crds/finetunetasks.finetune.v-sekai.org.yaml
+	$(PY) -m finetune_operator.taskset_crdgen > crds/finetunetasksets.finetune.v-sekai.org.yaml
 
 .PHONY: manifests
 manifests: venv tools ## Regenerate the chart's CRD template and manifests/ (after `make crds` or a chart change)

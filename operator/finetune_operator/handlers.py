@@ -23,6 +23,8 @@ from .kube import Kube, load_config
 from .reconcile import Context, Task, apply_now, follow, suspend_changed
 from .resources import DOMAIN, LABEL_MANAGED_BY, MANAGED_BY, TaskRef
 from .settings import OperatorSettings
+from .taskset_reconcile import LABEL_SET, SetContext, resync, task_changed
+from .taskset_spec import SET_PLURAL
 
 SETTINGS = OperatorSettings()  # validated at import: a bad FINETUNE_* variable fails fast
 FOLLOWED_PHASES = ("Training", "Suspended")
@@ -69,6 +71,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.scanning.disabled = bool(SETTINGS.namespaces)
     load_config()
     memo.ctx = Context(SETTINGS, Kube())
+    memo.sets = SetContext(memo.ctx)
     if SETTINGS.metrics_port and not memo.get("metrics_served"):  # a retried startup: once
         metrics.serve(SETTINGS.metrics_port)
         memo.metrics_served = True
@@ -118,6 +121,32 @@ def job_finished(body: Any, memo: kopf.Memo, **_: Any) -> None:
         if owner.get("kind") == "FineTuneTask":
             ref = TaskRef(owner["name"], meta.get("namespace") or "default", owner.get("uid", ""))
             follow(Task(ref, None, {}, {}), memo.ctx)
+
+
+# ---- FineTuneTaskSet (taskset_reconcile.py, docs/tasksets.md) ------------------------------
+
+
+@kopf.on.resume(GROUP, VERSION, SET_PLURAL)
+@kopf.on.create(GROUP, VERSION, SET_PLURAL)
+@kopf.on.update(GROUP, VERSION, SET_PLURAL, field="spec")
+@_counted
+def set_apply(body: Any, memo: kopf.Memo, **_: Any) -> None:
+    resync(body, memo.sets)
+
+
+@kopf.timer(GROUP, VERSION, SET_PLURAL, interval=SETTINGS.taskset_resync_interval,
+            initial_delay=SETTINGS.taskset_resync_interval)
+@_counted
+def set_resync(body: Any, memo: kopf.Memo, **_: Any) -> None:
+    """New folders under the prefix become tasks, removed ones go (not on an empty listing)."""
+    resync(body, memo.sets)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, labels={LABEL_SET: kopf.PRESENT})
+@_counted
+def set_task_changed(body: Any, memo: kopf.Memo, **_: Any) -> None:
+    """A generated task changed: its set's counts follow now, not at the next resync."""
+    task_changed(body, memo.sets)
 
 
 def run_operator() -> int:

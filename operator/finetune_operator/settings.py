@@ -26,6 +26,9 @@ class OperatorSettings(BaseSettings):
     watch_server_timeout: int = Field(300, ge=10, description="Seconds the API server keeps a watch.")
     watch_client_timeout: int = Field(330, ge=10, description="Seconds before the client drops a watch.")
     poll_interval: float = Field(30.0, gt=0, description="Seconds between timer checks of a running Job.")
+    taskset_resync_interval: float = Field(
+        300.0, gt=0, description="Seconds between listings of a FineTuneTaskSet's S3 prefix "
+        "(new folders become tasks, removed ones are deleted) and re-applies of its tasks.")
     progress_interval: float = Field(
         30.0, gt=0, description="Seconds between reads of a running trainer's progress.json "
         "(and so between status.progress patches) per task.")

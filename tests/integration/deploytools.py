@@ -20,6 +20,7 @@ from kubevalidate import validate_objects
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "finetune-operator"
 CRD_FILE = ROOT / "crds" / "finetunetasks.finetune.v-sekai.org.yaml"
+SET_CRD_FILE = ROOT / "crds" / "finetunetasksets.finetune.v-sekai.org.yaml"
 ALERTS = CHART / "files" / "alerts.yaml"
 VENV_BIN = Path(sys.executable).parent
 INSTALL_HINT = {"helm": "make tools", "promtool": "make tools", "prometheus": "make tools",

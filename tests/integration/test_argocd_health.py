@@ -94,4 +94,64 @@ def test_without_generation_the_phase_decides(health_lua: str) -> None:
 
 def test_patch_carries_the_lua_source_verbatim(health_lua: str) -> None:
     assert health_lua == (ROOT / "manifests" / "argocd" / "finetunetask-health.lua").read_text()
-    assert list(yaml.safe_load(Path(PATCH).read_text())["data"]) == [KEY]
+    assert list(yaml.safe_load(Path(PATCH).read_text())["data"]) == [KEY, SET_KEY]
+
+
+# ---- FineTuneTaskSet ------------------------------------------------------------------------
+
+SET_KEY = "resource.customizations.health.finetune.v-sekai.org_FineTuneTaskSet"
+
+
+@pytest.fixture(scope="module")
+def set_health_lua(health_lua: str) -> str:
+    merged = yaml.safe_load(Path(PATCH).read_text())["data"][SET_KEY]
+    assert merged == (ROOT / "manifests" / "argocd" / "finetunetaskset-health.lua").read_text()
+    return merged
+
+
+def _counts(**n: int) -> dict[str, int]:
+    return {k: n.get(k, 0) for k in ("pending", "preparing", "training", "succeeded", "failed",
+                                      "skipped", "suspended")}
+
+
+LISTED = {"type": "SourceListed", "status": "True", "reason": "Listed", "message": "3 folders"}
+GENERATED = {"type": "TasksGenerated", "status": "True", "reason": "Generated", "message": ""}
+DUP = {"type": "TasksGenerated", "status": "False", "reason": "DuplicateTaskName",
+       "message": "entry 'B': makes the task name s-b, as 'b' does; 'b' is used"}
+EMPTY = {"type": "SourceListed", "status": "False", "reason": "EmptyPrefix",
+         "message": "no task folder under s3://b/t/"}
+SET_CASES = [
+    ("new", None, "Progressing", "Waiting for the operator to pick up the set"),
+    ("old-generation", {"observedGeneration": 1, "tasks": 3, "counts": _counts(succeeded=3)},
+     "Progressing", "Waiting for the operator to observe generation 2"),
+    ("running", {"observedGeneration": 2, "tasks": 3, "counts": _counts(succeeded=1, training=2),
+                 "conditions": [LISTED, GENERATED]},
+     "Progressing", "1/3 tasks done, 0 failed"),
+    ("all-done", {"observedGeneration": 2, "tasks": 3,
+                  "counts": _counts(succeeded=2, skipped=1), "conditions": [LISTED, GENERATED]},
+     "Healthy", "3/3 tasks done, 0 failed"),
+    ("one-failed", {"observedGeneration": 2, "tasks": 3,
+                    "counts": _counts(succeeded=2, failed=1), "conditions": [LISTED, GENERATED]},
+     "Degraded", "3/3 tasks done, 1 failed"),
+    ("duplicate-entry", {"observedGeneration": 2, "tasks": 1, "counts": _counts(succeeded=1),
+                         "conditions": [LISTED, DUP]},
+     "Degraded", "DuplicateTaskName: " + DUP["message"]),
+    ("empty-prefix", {"observedGeneration": 2, "tasks": 0, "counts": _counts(),
+                      "conditions": [EMPTY, GENERATED]},
+     "Degraded", "EmptyPrefix: no task folder under s3://b/t/"),
+    ("running-with-a-problem", {"observedGeneration": 2, "tasks": 2,
+                                "counts": _counts(training=2), "conditions": [LISTED, DUP]},
+     "Progressing", "0/2 tasks done, 0 failed; DuplicateTaskName: " + DUP["message"]),
+    ("suspended", {"observedGeneration": 2, "tasks": 2, "counts": _counts(suspended=1,
+                                                                          succeeded=1)},
+     "Suspended", "1/2 tasks done, 0 failed, 1 suspended"),
+]
+
+
+@pytest.mark.parametrize(("status", "expected", "message"), [c[1:] for c in SET_CASES],
+                         ids=[c[0] for c in SET_CASES])
+def test_set_health(set_health_lua: str, status: dict[str, Any] | None, expected: str,
+                    message: str) -> None:
+    obj = task(status)
+    obj["kind"] = "FineTuneTaskSet"
+    assert health(set_health_lua, obj) == {"status": expected, "message": message}

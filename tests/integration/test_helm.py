@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from deploytools import ALERTS, CHART, CRD_FILE, helm_template, kinds, promtool_check_rules, \
+from deploytools import ALERTS, CHART, CRD_FILE, SET_CRD_FILE, helm_template, kinds, promtool_check_rules, \
     render, run, tool, validate_k8s
 
 from finetune_operator.policy import DEFAULT_DENIED_KEYS, Policy
@@ -24,8 +24,11 @@ CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 
 # (apiGroup, resource) -> verbs: exactly the calls the operator makes (see _helpers.tpl for why).
 NAMESPACED_RULES = {
-    ("finetune.v-sekai.org", "finetunetasks"): {"get", "list", "watch", "patch"},
+    ("finetune.v-sekai.org", "finetunetasks"): {"get", "list", "watch", "create", "patch",
+                                                "delete"},
     ("finetune.v-sekai.org", "finetunetasks/status"): {"patch"},
+    ("finetune.v-sekai.org", "finetunetasksets"): {"get", "list", "watch", "patch"},
+    ("finetune.v-sekai.org", "finetunetasksets/status"): {"patch"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "delete", "patch"},
     ("", "configmaps"): {"create", "delete"},
     ("", "secrets"): {"get"},
@@ -92,14 +95,15 @@ def test_ci_values_cover_every_mode() -> None:
 
 
 def test_chart_crd_equals_crds_dir() -> None:
-    source = yaml.safe_load(CRD_FILE.read_text())
-    crd = kinds(render(), "CustomResourceDefinition")
-    assert len(crd) == 1
-    annotations = crd[0]["metadata"].pop("annotations")
-    assert annotations == {"helm.sh/resource-policy": "keep"}
-    assert crd[0] == source
-    [unkept] = kinds(render(**{"crds.keep": "false"}), "CustomResourceDefinition")
-    assert unkept == source
+    sources = [yaml.safe_load(f.read_text()) for f in (CRD_FILE, SET_CRD_FILE)]
+    crds = sorted(kinds(render(), "CustomResourceDefinition"), key=lambda c: c["metadata"]["name"])
+    assert len(crds) == 2  # FineTuneTask and FineTuneTaskSet
+    for crd, source in zip(crds, sources):
+        annotations = crd["metadata"].pop("annotations")
+        assert annotations == {"helm.sh/resource-policy": "keep"}
+        assert crd == source
+    unkept = kinds(render(**{"crds.keep": "false"}), "CustomResourceDefinition")
+    assert sorted(unkept, key=lambda c: c["metadata"]["name"]) == sources
     assert not kinds(render(**{"crds.install": "false"}), "CustomResourceDefinition")
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import jsonschema
 import yaml
-from deploytools import CRD_FILE, ROOT, kinds, promtool_check_rules, run, tool, validate_k8s
+from deploytools import CRD_FILE, ROOT, SET_CRD_FILE, kinds, promtool_check_rules, run, tool, validate_k8s
 
 from finetune_operator.crdgen import to_jsonschema
 from finetune_operator.spec import FineTuneTaskSpec
@@ -39,8 +39,8 @@ def test_kustomize_builds_a_valid_install() -> None:
     assert {d["kind"] for d in docs} == {"Namespace", "CustomResourceDefinition", "ServiceAccount",
                                          "ClusterRole", "ClusterRoleBinding", "Service",
                                          "Deployment"}
-    [crd] = kinds(docs, "CustomResourceDefinition")
-    assert crd == yaml.safe_load(CRD_FILE.read_text())
+    crds = kinds(docs, "CustomResourceDefinition")
+    assert crds == [yaml.safe_load(CRD_FILE.read_text()), yaml.safe_load(SET_CRD_FILE.read_text())]
     [namespace] = kinds(docs, "Namespace")
     namespaced = [d for d in docs if d["kind"] not in
                   {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}]

@@ -14,10 +14,12 @@ from typing import Any
 import yaml
 
 from finetune_operator import GROUP, PLURAL
+from finetune_operator.taskset_spec import SET_PLURAL
 
 from .controlplane import REPO, ControlPlane
 
 CRD_FILE = REPO / "crds" / "finetunetasks.finetune.v-sekai.org.yaml"
+SET_CRD_FILE = REPO / "crds" / "finetunetasksets.finetune.v-sekai.org.yaml"
 CHART = REPO / "helm" / "finetune-operator"
 OPERATOR_NAMESPACE = "finetune-system"
 RELEASE = "finetune"
@@ -50,9 +52,11 @@ def ensure_namespace(kubeconfig: Path, name: str) -> None:
 
 
 def install_crd(kubeconfig: Path) -> None:
-    kubectl(kubeconfig, "apply", "--server-side", "-f", str(CRD_FILE))
+    """Both CRDs: FineTuneTask and FineTuneTaskSet."""
+    for crd in (CRD_FILE, SET_CRD_FILE):
+        kubectl(kubeconfig, "apply", "--server-side", "-f", str(crd))
     kubectl(kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
-            f"crd/{PLURAL}.{GROUP}")
+            f"crd/{PLURAL}.{GROUP}", f"crd/{SET_PLURAL}.{GROUP}")
 
 
 def render_chart(*set_values: str, show_only: Iterable[str] = ()) -> list[dict[str, Any]]:

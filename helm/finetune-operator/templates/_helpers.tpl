@@ -62,11 +62,23 @@ tests/integration/test_helm.py pins this table.
 {{- define "finetune-operator.namespacedRules" -}}
 - apiGroups: [finetune.v-sekai.org]
   resources: [finetunetasks]
-  # get/list/watch: Kopf's watch stream; patch: Kopf's finalizer and progress annotations.
-  verbs: [get, list, watch, patch]
+  # get/list/watch: Kopf's watch stream, and a set's check that a name is free; patch: Kopf's
+  # finalizer and progress annotations, and a set's server-side apply of the tasks it generates
+  # (create: the apiserver also asks for it when that apply makes a new task); delete: a task
+  # whose entry left its FineTuneTaskSet.
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [finetune.v-sekai.org]
   resources: [finetunetasks/status]
   # patch: phase, conditions, metrics through the status subresource (merge patches only).
+  verbs: [patch]
+- apiGroups: [finetune.v-sekai.org]
+  resources: [finetunetasksets]
+  # list/watch: Kopf's watch stream; get: a set's roll-up when one of its tasks changes;
+  # patch: Kopf's finalizer (the resync timer) and progress annotations.
+  verbs: [get, list, watch, patch]
+- apiGroups: [finetune.v-sekai.org]
+  resources: [finetunetasksets/status]
+  # patch: counts, improvements, failed tasks and conditions of a set (merge patches).
   verbs: [patch]
 - apiGroups: [batch]
   resources: [jobs]
