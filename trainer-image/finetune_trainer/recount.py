@@ -25,6 +25,8 @@ def disagreement(budget: Budget) -> str | None:
         return None
     line = f"answer tokens counted {counted} vs {est} estimated (x{counted / est:.2f})"
     if budget.answer_tokens_used == "counted":
+        if budget.estimated_max_steps == budget.max_steps:
+            return line + f": max_steps {budget.max_steps} either way (clamped)"
         return line + f": max_steps {budget.estimated_max_steps} -> {budget.max_steps} from the count"
     where = "spec.training" if budget.answer_tokens_used == "spec" else "spec.training.axolotl"
     return line + f": max_steps {budget.max_steps} kept (set in {where})"
