@@ -47,6 +47,8 @@ class ProgressEvent(_Model):
     epoch: float | None = None
     loss: float | None = None       # the training loss last logged
     eval_loss: float | None = None  # set on the line of an evaluation
+    tokens: int | None = None       # tokens the training loop has processed so far (tokens/s)
+    resumed_from_step: int | None = None  # on the train stage's first line after a resume
 
     def line(self) -> str:
         return PROGRESS_PREFIX + self.model_dump_json(by_alias=True, exclude_none=True)

@@ -337,6 +337,14 @@ class Storage:
         self._call(uri, self.client.upload_file, Filename=str(path), Bucket=loc.bucket,
                    Key=loc.key, ExtraArgs={"ContentType": content_type}, Config=self.transfer_config)
 
+    def delete(self, uri: str) -> None:
+        """Remove one object or file if present (the trainer prunes its checkpoints)."""
+        if not is_s3(uri):
+            Path(uri).unlink(missing_ok=True)
+            return
+        loc = parse_s3(uri)
+        self._call(uri, self.client.delete_object, Bucket=loc.bucket, Key=loc.key)
+
     def download_file(self, uri: str, path: str | Path) -> Path:
         """Copy one object to the local file `path`, streamed to disk (ranged parts when large);
         the file appears whole or not at all."""

@@ -8,7 +8,9 @@ Nothing here trains or evaluates by itself, so what a local run shows is what a 
 Safe to repeat and to interrupt: prepare_run reuses a split whose files still match the
 manifest's sha256; a run counts as done only when its COMPLETE marker (written last by the
 trainer) is there, and a forced rerun removes that marker before training starts, so Ctrl-C at
-any moment never leaves a run a later invocation would take as complete.
+any moment never leaves a run a later invocation would take as complete. A run stopped during
+training resumes from its last complete checkpoint when started again (the trainer does it);
+`--force` deletes the checkpoints first, so it trains from step 0.
 """
 
 from __future__ import annotations
@@ -77,6 +79,14 @@ def remove(storage: Storage, uri: str) -> None:
         storage._call(uri, storage.client.delete_object, Bucket=loc.bucket, Key=loc.key)
     else:
         Path(uri).unlink(missing_ok=True)
+
+
+def remove_prefix(storage: Storage, prefix: str) -> None:
+    """Delete every object or file under `prefix` (none there is fine)."""
+    if not is_s3(prefix) and not Path(prefix).is_dir():
+        return
+    for obj in storage.list(prefix):
+        remove(storage, obj.uri)
 
 
 def completed_metrics(storage: Storage, layout: RunLayout) -> Metrics | None:
@@ -177,6 +187,9 @@ def run_task(task: Any, *, output: str | None, profile: str | None, force: bool,
     config_path.write_text(text)
     try:
         remove(storage, layout.complete_marker)  # a forced rerun is not complete until it ends
+        if force:  # retrain from step 0: the earlier training's checkpoints are not resumed
+            remove_prefix(storage, layout.checkpoints)
+            remove(storage, layout.progress)
         storage.write_text(layout.config, text, "application/yaml")
     except StorageError as err:
         return failed("ConfigRendered", R.STORAGE, str(err), EXIT_FAILED, manifest=manifest)

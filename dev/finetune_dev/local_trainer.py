@@ -19,7 +19,12 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from finetune_contract import OFFLINE_ENV, TRAINER_ENV, ProgressEvent, RunLayout, TerminationMessage
+from finetune_contract.tracker import LOOP_STAGES, ProgressTracker
 
+
+# The trainer's own log lines about checkpoints (resuming, skipping one) are shown too.
+TRAINER_LOG_PREFIX = "finetune-trainer: "
+CHECKPOINT_WORD = "checkpoint"
 
 # ---- progress -----------------------------------------------------------------------------
 
@@ -31,7 +36,9 @@ class Progress:
     (train, search). On a terminal a tqdm bar per stage, left on screen when the stage ends.
     Elsewhere (a log file, CI) a redrawn bar would be one endless line, so plain lines in tqdm's
     format: one when a stage starts, one per evaluation, per search candidate and for the last
-    step, and other step lines at most every `interval` seconds."""
+    step, and other step lines at most every `interval` seconds. The ETA, tokens/s and a resume
+    come from the contract's ProgressTracker, the code the trainer writes progress.json with, so
+    the figures here are the ones the operator's status shows."""
 
     def __init__(self, label: str, out: TextIO = sys.stderr, *, interval: float = 30.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -44,8 +51,10 @@ class Progress:
         self._stepping = False
         self._shown: dict[str, Any] = {}  # the stage's latest loss, eval loss, epoch, extras
         self._printed: tuple[float, int | None] = (float("-inf"), None)  # when, which step
+        self.tracker = ProgressTracker(clock=clock)
 
     def update(self, event: ProgressEvent) -> None:
+        run = self.tracker.update(event)
         if event.stage != self.stage:
             self._close_bar()
             self.stage, self._since, self._first_step = event.stage, self.clock(), event.step
@@ -59,7 +68,14 @@ class Progress:
                    or self.clock() - at >= self.interval)
         self._shown.update((k, v) for k, v in {
             "loss": event.loss, "eval_loss": event.eval_loss, "epoch": event.epoch,
-            **(event.model_extra or {})}.items() if v is not None)
+            "resumed_from": event.resumed_from_step, **(event.model_extra or {})}.items()
+            if v is not None)
+        if event.stage in LOOP_STAGES:
+            self._shown.update((k, v) for k, v in {
+                "eta": tqdm.format_interval(run.eta_seconds) if run.eta_seconds is not None
+                else None,
+                "tok/s": round(run.tokens_per_second) if run.tokens_per_second is not None
+                else None}.items() if v is not None)
         if not self._stepping and event.max_steps and event.step not in (None, self._first_step):
             self._stepping, self._since = True, self.clock()  # rates and ETA from the loop's start
         if self.tty:
@@ -71,6 +87,15 @@ class Progress:
 
     def close(self) -> None:
         self._close_bar()
+
+    def note(self, text: str) -> None:
+        """A line of the trainer's worth a person's eye (a resume, a skipped checkpoint)."""
+        if self.bar is not None:
+            self.bar.clear()  # the line goes above the running bar, which is drawn again
+        self.out.write(f"  {self.label}: {text}\n")
+        self.out.flush()
+        if self.bar is not None:
+            self.bar.refresh()
 
     def _desc(self, event: ProgressEvent) -> str:
         return f"  {self.label} {event.stage}"
@@ -171,6 +196,8 @@ def run_trainer(layout: RunLayout, config_path: Path, profile: str, work: Path, 
                 event = ProgressEvent.parse(line)
                 if event is not None:
                     progress.update(event)
+                elif line.startswith(TRAINER_LOG_PREFIX) and CHECKPOINT_WORD in line:
+                    progress.note(line[len(TRAINER_LOG_PREFIX):].strip())
             proc.wait()
         except KeyboardInterrupt:
             interrupted = True

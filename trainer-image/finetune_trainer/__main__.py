@@ -1,7 +1,9 @@
 """`python -m finetune_trainer --run-uri PREFIX`: the trainer Job's entrypoint (and the local runner's).
 
-Steps: fetch (verified) -> evaluate base -> train with Axolotl -> evaluate the best adapter with
-the same evaluator -> upload adapter, metrics.json, COMPLETE -> termination message.
+Steps: fetch (verified; the last complete checkpoint too, to resume) -> evaluate base -> train
+with Axolotl (a checkpoint to S3 at each evaluation) -> evaluate the best adapter with the same
+evaluator -> upload adapter, metrics.json, COMPLETE -> termination message. progress.json
+follows the run throughout.
 Exit codes are the contract's: EXIT_OK; EXIT_BAD_INPUT (no retry: the Job's podFailurePolicy
 fails it); EXIT_FAILED anything else. Every failure is one line on stderr and in the termination
 log; the full log stays in the work dir.
@@ -88,13 +90,26 @@ def _layout(run_uri: str) -> RunLayout:
 def run(args: argparse.Namespace, layout: RunLayout, work: Path):  # type: ignore[no-untyped-def]
     from finetune_contract.storage import Storage
 
-    from . import baselines, evaluate, fetch, recount, report, scoring, search, train
+    from finetune_contract.tracker import utc_now
+
+    from . import (baselines, evaluate, fetch, progress_file, recount, report, resume, scoring,
+                   search, train)
 
     started = time.monotonic()
     clock = train.StageClock()
     storage = Storage()
+    live = progress_file.ProgressFile.for_run(storage, layout)
+    train.listeners[:] = [live.update]  # one run per process: progress.json is this run's
     clock.enter("fetch", step=0, maxSteps=0)
     inputs = fetch.fetch_run(storage, layout, args.config, work)
+    # The final training resumes from the last complete checkpoint (search candidates never do).
+    resumed = None if inputs.search else resume.choose(storage, layout, work / "out")
+    history = (resume.record(storage, layout, resumed.step, utc_now()) if resumed
+               else resume.previous(storage, layout))
+    if resumed:
+        fetch.log(f"resuming from checkpoint step-{resumed.step} ({layout.checkpoint(resumed.step)}),"
+                  f" resume {history.count} of this run")
+        live.tracker.seed(resumed.eval_history(), resumed.step)
     shape = inputs.manifest.record_shape
     model_name = str(inputs.config.get("base_model") or "")
     if not model_name:
@@ -135,7 +150,8 @@ def run(args: argparse.Namespace, layout: RunLayout, work: Path):  # type: ignor
     base = evaluate.evaluate(model_dir, tokenizer, inputs.validation_records, shape)
     plan = inputs.search
     outcome, trained_idx, extra = None, range(len(encoded_train)), {}
-    clock.enter("search" if plan else "train", step=0, maxSteps=max_steps)
+    clock.enter("search" if plan else "train", step=resumed.step if resumed else 0,
+                maxSteps=max_steps, resumedFromStep=resumed.step if resumed else None)
     if plan:
         outcome = search.run_search(plan, inputs.config, records=inputs.train_records, shape=shape,
                                     model_dir=model_dir, tokenizer=tokenizer,
@@ -148,7 +164,10 @@ def run(args: argparse.Namespace, layout: RunLayout, work: Path):  # type: ignor
                                  train_parquet=inputs.train_parquet,
                                  validation_parquet=inputs.validation_parquet, work=work,
                                  profile=profile)
-        result = train.run_axolotl(cfg, work, earliest_stop_step=earliest)
+        if resumed:
+            cfg["resume_from_checkpoint"] = str(resumed.folder)
+        result = train.run_axolotl(cfg, work, earliest_stop_step=earliest,
+                                   checkpoint_run=layout.prefix)
     step = int(result.state.get("global_step") or 0)
     clock.enter("evaluate-tuned", step=step, maxSteps=max_steps)
     tuned = evaluate.evaluate(model_dir, tokenizer, inputs.validation_records, shape,
@@ -170,9 +189,12 @@ def run(args: argparse.Namespace, layout: RunLayout, work: Path):  # type: ignor
         adapter_digest=report.adapter_digest(result.best_checkpoint), real_train_tokens=real_tokens,
         search=outcome.report if outcome else None, stage_seconds=clock.seconds(),
         baselines=scored, scores=scores)
+    metrics = metrics.model_copy(update={"resumed_from_step": resumed.step if resumed else None,
+                                         "resume_count": history.count})
     clock.enter("upload", step=step, maxSteps=max_steps)
     report.upload(storage, layout, result.best_checkpoint, metrics, extra)
     clock.enter("done", step=step, maxSteps=max_steps)
+    live.flush()
     return metrics
 
 

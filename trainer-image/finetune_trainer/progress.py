@@ -72,10 +72,20 @@ class ProgressCallback(TrainerCallback):
         event = ProgressEvent(stage=self.stage, step=state.global_step,
                               max_steps=state.max_steps or None,
                               epoch=round(state.epoch, 3) if state.epoch is not None else None,
-                              loss=self.loss, **fields)
+                              loss=self.loss, tokens=_tokens(state), **fields)
         out = self.out or sys.stdout
         # One write, starting on a line of its own: tqdm's bar on the shared console ends
         # without a newline, and the reader only takes lines that start with the prefix.
         out.write("\n" + event.line() + "\n")
         out.flush()
         self._last_at, self._last = self.clock(), (state.global_step, self.loss)
+
+
+def _tokens(state: Any) -> int | None:
+    """Token slots the loop has computed so far: Axolotl's running count (`tokens/total` in its
+    logs), which a resume restores; None when it does not count them."""
+    total = (getattr(state, "tokens", None) or {}).get("total")
+    try:
+        return int(total.item() if hasattr(total, "item") else total) if total is not None else None
+    except (TypeError, ValueError, RuntimeError):
+        return None

@@ -7,8 +7,9 @@ vanishing gain reset the patience. With a minimum delta of 0.005 nats per answer
 run stops once the loss has settled, and the best checkpoint (restored as before) is the same.
 Once the best loss is itself below the minimum delta the run is solved and stops at the next
 evaluation from the budget's earliest stop step on (SolvedStopping). The plugin also drops
-Axolotl's forced evaluation at step 0 and adds the callback that reports training progress
-(progress.py).
+Axolotl's forced evaluation at step 0, adds the callback that reports training progress
+(progress.py) and, for the final training, the one that uploads each checkpoint
+(checkpoints.py); it has the patience counter restored on a resume (resume.py).
 Loaded only inside the Axolotl subprocess (`plugins:` in the trainer's local config).
 """
 
@@ -22,6 +23,7 @@ from transformers import EarlyStoppingCallback, TrainerCallback
 
 # EARLIEST_STOP_ENV: the budget's floor, no stop of ours before it; min_delta(): the gain that
 # counts (train.py owns both: the trainer reports the minimum delta in metrics.json).
+from .checkpoints import CheckpointUploader
 from .progress import ProgressCallback
 from .train import EARLIEST_STOP_ENV, min_delta
 
@@ -56,10 +58,15 @@ class MinDeltaStoppingPlugin(BasePlugin):
     def get_training_args(self, cfg: Any) -> dict[str, Any]:
         # Axolotl forces an evaluation at step 0; the trainer has already measured the base
         # model on every validation record with its own evaluator, so that pass is only cost.
-        return {"eval_on_start": False}
+        # A resumed run restores EarlyStoppingCallback's patience counter from the checkpoint's
+        # trainer_state.json (transformers' default is a fresh counter).
+        return {"eval_on_start": False, "restore_callback_states_from_checkpoint": True}
 
     def add_callbacks_post_trainer(self, cfg: Any, trainer: Any) -> list[Any]:
         callbacks: list[Any] = [ProgressCallback.from_env()]
+        uploader = CheckpointUploader.from_env()
+        if uploader is not None:
+            callbacks.append(uploader)
         patience = int(cfg.early_stopping_patience or 0)
         if patience:
             callbacks += [EarlyStoppingCallback(early_stopping_patience=patience,

@@ -32,6 +32,7 @@ from .errors import TrainerError, bad_input
 EARLIEST_STOP_ENV = "FINETUNE_EARLIEST_STOP_STEP"  # read by stopping.py inside Axolotl
 MIN_DELTA_ENV = "FINETUNE_EARLY_STOPPING_MIN_DELTA"  # read by stopping.py, reported in the budget
 PROGRESS_STAGE_ENV = "FINETUNE_PROGRESS_STAGE"  # read by progress.py: the stage its lines name
+CHECKPOINT_RUN_ENV = "FINETUNE_CHECKPOINT_RUN_URI"  # read by checkpoints.py: upload to this run
 DEFAULT_MIN_DELTA = 0.005
 CPU_SAFE = {"bf16": False, "fp16": False, "tf32": False, "attn_implementation": "sdpa",
             "sdpa_varlen": False, "lora_mlp_kernel": False, "lora_qkv_kernel": False,
@@ -39,9 +40,20 @@ CPU_SAFE = {"bf16": False, "fp16": False, "tf32": False, "attn_implementation": 
             "load_in_8bit": False}
 
 
+# Who else sees each progress line the trainer prints (progress_file.ProgressFile: progress.json).
+listeners: list[Callable[[ProgressEvent], None]] = []
+
+
+def publish(event: ProgressEvent) -> None:
+    """Print one progress line and hand it to the listeners."""
+    print(event.line(), flush=True)
+    for listener in listeners:
+        listener(event)
+
+
 def progress(stage: str, **fields: Any) -> None:
     """One progress line on stdout (the contract's ProgressEvent: stage, step, maxSteps, extras)."""
-    print(ProgressEvent(stage=stage, **fields).line(), flush=True)
+    publish(ProgressEvent(stage=stage, **fields))
 
 
 def min_delta() -> float:
@@ -106,8 +118,9 @@ class TrainResult:
 
 
 def run_axolotl(cfg: dict[str, Any], work: Path, *, earliest_stop_step: int = 0,
-                stage: str = "train") -> TrainResult:
-    """Train; `stage` names the progress lines (a search candidate's are "search")."""
+                stage: str = "train", checkpoint_run: str | None = None) -> TrainResult:
+    """Train; `stage` names the progress lines (a search candidate's are "search");
+    `checkpoint_run` (a run prefix) gets each checkpoint uploaded (checkpoints.py)."""
     path = work / "axolotl.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     cmd = [sys.executable, "-m", "axolotl.cli.main", "train", str(path), "--launcher", "python"]
@@ -116,7 +129,8 @@ def run_axolotl(cfg: dict[str, Any], work: Path, *, earliest_stop_step: int = 0,
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 cwd=work, env={**os.environ,
                                                EARLIEST_STOP_ENV: str(earliest_stop_step),
-                                               PROGRESS_STAGE_ENV: stage})
+                                               PROGRESS_STAGE_ENV: stage,
+                                               CHECKPOINT_RUN_ENV: checkpoint_run or ""})
         try:
             assert proc.stdout is not None
             follow(proc.stdout, logf, tail)
@@ -154,7 +168,7 @@ def follow(stream: Any, logf: Any, tail: collections.deque[str]) -> None:
                 continue
             event = ProgressEvent.parse(line)
             if event is not None:
-                print(event.line(), flush=True)
+                publish(event)
             else:
                 tail.append(line)
         if not chunk:
