@@ -27,9 +27,10 @@ from finetune_dev.cluster.audit import Audit, Call
 from finetune_dev.cluster.controlplane import ControlPlane, free_port
 from finetune_dev.cluster.install import (CHART, CRD_FILE, HELM, KUBECTL, OPERATOR_NAMESPACE,
                                           RELEASE, Identity, chart_rbac, render_chart)
-from finetune_dev.cluster.node import Outcome, PodContext
+from finetune_dev.cluster.node import Outcome, PodContext, run_local_process
 from finetune_dev.cluster.operator_process import OperatorProcess
 from finetune_operator import GROUP, PLURAL, VERSION
+from finetune_operator.resources import LABEL_TASK
 
 ROOT = Path(__file__).resolve().parents[2]
 __all__ = ["Audit", "Call", "CHART", "CRD_FILE", "HELM", "KUBECTL", "OPERATOR_NAMESPACE", "RELEASE", "Identity",
@@ -59,6 +60,8 @@ class ScriptedTrainer:
 
     outcomes: dict[str, list[Outcome]] = field(default_factory=dict)
     started: dict[str, int] = field(default_factory=dict)
+    # Tasks whose pods run the real trainer command (the node's run_local_process) instead.
+    real_tasks: set[str] = field(default_factory=set)
     _cv: threading.Condition = field(default_factory=threading.Condition)
 
     def release(self, job: str, *outcomes: Outcome) -> None:
@@ -74,6 +77,10 @@ class ScriptedTrainer:
         job = ctx.job_name
         with self._cv:
             self.started[job] = self.started.get(job, 0) + 1
+            real = (ctx.pod["metadata"].get("labels") or {}).get(LABEL_TASK) in self.real_tasks
+        if real:
+            return run_local_process(ctx)
+        with self._cv:
             while not ctx.stop.is_set():
                 if self.outcomes.get(job):
                     return self.outcomes[job].pop(0)

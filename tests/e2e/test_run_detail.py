@@ -165,3 +165,63 @@ def test_a_run_past_its_deadline_says_how_far_it_got_and_keeps_its_progress(
     assert (cond["status"], cond["reason"]) == ("False", R.DEADLINE_EXCEEDED)
     assert "activeDeadlineSeconds (60 s) at step 30 of 100" in st["message"], st["message"]
     assert st["progress"]["step"] == 30  # a failed run keeps where it got to
+
+
+@pytest.mark.slow
+def test_the_real_trainer_evicted_after_a_checkpoint_resumes_there_in_a_new_pod(
+        cluster: Cluster, operator: OperatorProcess, trainer: ScriptedTrainer, namespace: str,
+        bucket: str, task_storage: Storage, s3_server: S3Server) -> None:
+    """The trainer side's resume (checkpoints in S3) through the real Job controller: the node
+    runs the real trainer command on the tiny offline model; once a checkpoint's marker is in
+    S3 the pod is evicted; the new pod resumes from a complete checkpoint and the run succeeds
+    with resumedFromStep/resumeCount in status.metrics."""
+    from finetune_dev import demo_tasks
+    from finetune_dev.smollm import cache_dir
+    from finetune_dev.tinymodel import build_tiny_model
+
+    ns, name = namespace, "resumes-real"
+    trainer.real_tasks.add(name)
+    task = demo_tasks.generate("ticket-triage", 100)
+    prefix = f"s3://{bucket}/data/{name}/"
+    task_storage.write_bytes(prefix + task.filename, task.data_bytes())
+    doc = demo_tasks.task_document(task, data_uri=prefix, output_uri=f"s3://{bucket}/runs/",
+                                   base_model=str(build_tiny_model(cache_dir())),
+                                   endpoint=s3_server.endpoint, namespace=ns, name=name,
+                                   training={"maxSteps": 20})
+    doc["spec"]["resources"] = {"gpu": 0, "cpu": "1", "memory": "4Gi", "backoffLimit": 0}
+    cluster.apply_task(ns, name, doc["spec"])
+    st = cluster.wait_phase(ns, name, "Training", timeout=60)
+    job, layout = st["job"]["name"], _layout(bucket, ns, name, st)
+
+    def marker() -> list[str]:
+        try:
+            return [o.uri for o in task_storage.list(layout.checkpoints)
+                    if o.uri.endswith("/checkpoint.json")]
+        except Exception:  # noqa: BLE001 - nothing there yet
+            return []
+
+    seen: set[int] = set()
+
+    def checkpointed() -> list[str]:
+        seen.add(_progress(cluster, ns, name).get("step") or 0)
+        return marker()
+
+    at_eviction = wait_for(checkpointed, 600, "the first checkpoint's marker in S3",
+                           interval=0.5)
+    first = min(int(u.split("/step-")[1].split("/")[0]) for u in at_eviction)
+    assert seen - {0}, "status.progress never showed a training step"
+    [pod] = [p for p in cluster.pods(ns, job) if p["status"].get("phase") == "Running"]
+    cluster.core.create_namespaced_pod_eviction(
+        pod["metadata"]["name"], ns, {"apiVersion": "policy/v1", "kind": "Eviction",
+                                      "metadata": {"name": pod["metadata"]["name"],
+                                                   "namespace": ns}})
+    wait_for(lambda: trainer.attempts(job) == 2, 90, "a new pod for the Job")
+    st = cluster.wait_phase(ns, name, "Succeeded", "Failed", timeout=600)
+    assert st["phase"] == "Succeeded", st.get("message")
+    m = st["metrics"]
+    # From that checkpoint or a later complete one (the trainer may save another before the
+    # SIGTERM lands), never from step 0.
+    assert m["resumeCount"] == 1 and m["resumedFromStep"] >= first > 0, (m, first)
+    print(f"evicted with checkpoints {sorted(at_eviction)}; resumed from step "
+          f"{m['resumedFromStep']}; progress steps seen {sorted(seen)}")
+    assert not (cluster.job(ns, job) or {}).get("status", {}).get("failed")
