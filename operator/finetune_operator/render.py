@@ -140,8 +140,9 @@ def _render(spec: FineTuneTaskSpec, manifest: Manifest, layout: RunLayout,
     _profile_keys(cfg, why, profile)
     cfg[BUDGET_KEY] = budget.wire()
     why[BUDGET_KEY] = ("every derived number, copied by the trainer into metrics.json `budget`; token "
-                       "counts are estimated from characters/4 (no tokenizer in the operator), "
-                       "the trainer adds the measured ones")
+                       "counts are estimated from characters/4 (no tokenizer in the operator); "
+                       "the trainer counts them with the model's tokenizer, re-derives the step "
+                       "schedule from the count and records both")
 
     if t.search is not None:
         plan = _search_plan(spec, manifest, budget.learning_rate)
