@@ -35,9 +35,11 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "finetune-operator"
 MANIFESTS = ROOT / "manifests"
 CRD_FILE = ROOT / "crds" / "finetunetasks.finetune.v-sekai.org.yaml"
+SET_CRD_FILE = ROOT / "crds" / "finetunetasksets.finetune.v-sekai.org.yaml"
 ALERTS = CHART / "files" / "alerts.yaml"
 HELM = str(ROOT / ".tools" / "bin" / "helm")
 CRD_NAME = f"{PLURAL}.{GROUP}"
+SET_CRD_NAME = f"finetunetasksets.{GROUP}"
 HELM_OWNERSHIP = ("meta.helm.sh/release-name", "meta.helm.sh/release-namespace")
 
 
@@ -113,17 +115,18 @@ def _delete_crds(cluster: Cluster, names: list[str]) -> None:
 
 
 def _restore_session_crd(cluster: Cluster) -> None:
-    """Leave the FineTuneTask CRD as the session fixture applied it: present, Established, not
-    owned by a Helm release."""
-    crd = _crd(cluster)
-    if crd is None or crd["metadata"].get("deletionTimestamp"):
-        wait_for(lambda: _crd(cluster) is None, 60, "the deleted CRD to go")
-        cluster.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
-    else:
-        cluster.kubectl("annotate", "crd", CRD_NAME, "--overwrite",
-                        *(f"{k}-" for k in (*HELM_OWNERSHIP, "helm.sh/resource-policy")))
-        cluster.kubectl("label", "crd", CRD_NAME, "app.kubernetes.io/managed-by-")
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+    """Leave the FineTuneTask and FineTuneTaskSet CRDs as the session fixture applied them:
+    present, Established, not owned by a Helm release."""
+    for name, source in ((CRD_NAME, CRD_FILE), (SET_CRD_NAME, SET_CRD_FILE)):
+        crd = _crd(cluster, name)
+        if crd is None or crd["metadata"].get("deletionTimestamp"):
+            wait_for(lambda: _crd(cluster, name) is None, 60, "the deleted CRD to go")
+            cluster.kubectl("apply", "--server-side", "-f", str(source))
+        else:
+            cluster.kubectl("annotate", "crd", name, "--overwrite",
+                            *(f"{k}-" for k in (*HELM_OWNERSHIP, "helm.sh/resource-policy")))
+            cluster.kubectl("label", "crd", name, "app.kubernetes.io/managed-by-")
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{name}")
 
 
 # ---- helm ------------------------------------------------------------------------------------
@@ -190,7 +193,8 @@ def test_helm_adopts_the_crd_and_uninstall_keeps_crd_tasks_and_s3_artifacts(
         refused = helm("install", release, str(CHART), "-n", ns, "--create-namespace",
                        check=False)
         assert refused.returncode != 0
-        assert f'CustomResourceDefinition "{CRD_NAME}"' in refused.stderr
+        assert (f'CustomResourceDefinition "{CRD_NAME}"' in refused.stderr
+                or f'CustomResourceDefinition "{SET_CRD_NAME}"' in refused.stderr)
         assert "exists and cannot be imported into the current release" in refused.stderr
         assert helm("list", "-n", ns, "-q").stdout.strip() == ""  # nothing half-installed
 
@@ -206,7 +210,8 @@ def test_helm_adopts_the_crd_and_uninstall_keeps_crd_tasks_and_s3_artifacts(
 
         out = helm("uninstall", release, "-n", ns, "--wait").stdout
         assert "kept due to the resource policy" in out and CRD_NAME in out
-        assert [d["kind"] for d in _on_server(cluster, docs)] == ["CustomResourceDefinition"]
+        assert SET_CRD_NAME in out
+        assert [d["kind"] for d in _on_server(cluster, docs)] == ["CustomResourceDefinition"] * 2
         assert (_crd(cluster) or {})["metadata"]["uid"] == crd_uid
 
         kept = json.loads(cluster.kubectl("get", "ftt", task, "-n", task_ns, "-o",
@@ -235,7 +240,8 @@ def test_kubectl_apply_server_side_k_manifests(cluster: Cluster) -> None:
     docs = [d for d in yaml.safe_load_all(cluster.kubectl("kustomize", str(MANIFESTS)).stdout)
             if d]
     assert _kinds(docs) == ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
-                            "Deployment", "Namespace", "Service", "ServiceAccount"]
+                            "CustomResourceDefinition", "Deployment", "Namespace", "Service",
+                            "ServiceAccount"]
     created = [d for d in docs if d["kind"] not in ("Namespace", "CustomResourceDefinition")]
     try:
         out = cluster.kubectl("apply", "--server-side", "-k", str(MANIFESTS)).stdout

@@ -1,6 +1,7 @@
 """RBAC, enforced by the real apiserver: the operator runs as the chart's ServiceAccount with
 exactly the shipped ClusterRole. One scenario exercises every kind of call the operator makes
-(prepare, launch, suspend, supersede, fail, delete). With the shipped role it meets no 403 and
+(prepare, launch, suspend, supersede, fail, delete; then a FineTuneTaskSet generates tasks,
+rolls them up, drops one, and goes). With the shipped role it meets no 403 and
 uses every grant; with any single grant dropped, the apiserver refuses that call (read from its
 audit log), so no grant is there without a use.
 """
@@ -17,7 +18,9 @@ import yaml
 
 from finetune_contract import TerminationMessage
 from finetune_contract.storage import Storage
-from finetune_dev.cluster.node import Outcome
+from finetune_dev.cluster.audit import Call
+from finetune_dev.cluster.node import Node, Outcome
+from finetune_operator import GROUP, VERSION
 from finetune_dev.devs3 import S3Server
 
 from .conftest import OPERATOR_TEST_SETTINGS, alpaca_records
@@ -25,12 +28,24 @@ from .harness import (ROOT, Cluster, Identity, OperatorProcess, ScriptedTrainer,
                       operator_identity, wait_for)
 
 pytestmark = pytest.mark.cluster
+SETS = "finetunetasksets"
 Grant = tuple[str, str, str]  # (verb, apiGroup, resource)
 
 
 def grants_of(role: dict[str, Any]) -> set[Grant]:
     return {(verb, group, resource) for rule in role["rules"] for group in rule["apiGroups"]
             for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+def checked(call: Call) -> set[Grant]:
+    """The grants the apiserver checked a call against. A server-side apply (the body is a whole
+    object) that makes a new object is authorized as patch and as create; the audit log records
+    a patch either way (201 when it created, 403 when a grant was missing)."""
+    out = {call.rbac}
+    if call.verb == "patch" and call.code in (201, 403) and isinstance(call.body, dict) \
+            and "kind" in call.body:
+        out.add(("create", call.group, call.resource))
+    return out
 
 
 def shipped_role() -> dict[str, Any]:
@@ -100,6 +115,18 @@ class Scenario:
             ("the trainer fails with a reason", self._fail, self._phase("Failed")),
             ("delete the task", lambda: c.delete_task(ns, name),
              lambda: c.task(ns, name) is None),
+            # A FineTuneTaskSet: server-side apply of new tasks (patch + create), a name check
+            # (get), its status (patch status), roll-ups from task events (get the set), Kopf's
+            # finalizer for its timer (patch), removing an entry (delete a task).
+            ("a set generates two tasks", lambda: self._set("create", {"tasks": [
+                {"key": "a", "spec": {"dataset": {"uri": f"s3://{bucket}/d.jsonl"}}},
+                {"key": "b", "spec": {"dataset": {"uri": f"s3://{bucket}/d.jsonl"}}}]}),
+             lambda: self._set_status().get("counts", {}).get("skipped") == 2),
+            ("an entry leaves the set", lambda: self._set("patch", {"tasks": [
+                {"key": "a", "spec": {"dataset": {"uri": f"s3://{bucket}/d.jsonl"}}}]}),
+             lambda: c.task(ns, "set-b") is None and self._set_status().get("tasks") == 1),
+            ("delete the set", lambda: self._set("delete", {}),
+             lambda: self._set_status() is None),
         ]
         for what, act, done in steps:
             if self.stop():
@@ -107,6 +134,29 @@ class Scenario:
             act()
             if not self._until(what, done):
                 return
+
+    def _set(self, how: str, spec: dict[str, Any]) -> None:
+        c, ns, api = self.cluster, self.ns, self.cluster.custom
+        if how == "create":
+            body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneTaskSet",
+                    "metadata": {"name": "set", "namespace": ns},
+                    "spec": {"defaults": {
+                        "baseModel": {"name": "Qwen/Qwen2.5-0.5B-Instruct"},
+                        "dataset": {"minSamples": 100},  # 60 records: both tasks end Skipped
+                        "output": {"uri": f"s3://b-{ns}/runs/"},
+                        "storage": {"endpoint": self.s3.endpoint,
+                                    "credentialsSecret": "s3-credentials"}}, **spec}}
+            c._call(api.create_namespaced_custom_object, GROUP, VERSION, ns, SETS, body)
+        elif how == "patch":
+            c._call(api.patch_namespaced_custom_object, GROUP, VERSION, ns, SETS, "set",
+                    {"spec": spec}, _content_type="application/merge-patch+json")
+        else:
+            c._call(api.delete_namespaced_custom_object, GROUP, VERSION, ns, SETS, "set")
+
+    def _set_status(self) -> dict[str, Any] | None:
+        obj = self.cluster._call(self.cluster.custom.get_namespaced_custom_object, GROUP,
+                                 VERSION, self.ns, SETS, "set")
+        return None if obj is None else obj.get("status") or {}
 
     def _fail(self) -> None:
         job = self.cluster.status(self.ns, self.name)["job"]["name"]
@@ -122,11 +172,11 @@ def test_the_shipped_role_is_enough_and_every_grant_is_used(
     calls = cluster.audit.calls(identity.username, since)
     # Kopf lists and watches CRDs and tasks once at start-up; this operator started earlier.
     startup = {g for g in grants_of(shipped_role()) if g[0] in ("list", "watch")}
-    used = {c.rbac for c in calls if c.code < 400} | startup
+    used = {g for c in calls if c.code < 400 for g in checked(c)} | startup
     granted = grants_of(shipped_role())
     assert not {c.rbac for c in calls if c.code == 403}, "a call the shipped role refuses"
     assert granted - used == set(), f"granted but not used: {sorted(granted - used)}"
-    assert {c.rbac for c in calls} - granted == set()
+    assert {g for c in calls for g in checked(c)} - granted == set()
 
 
 
@@ -134,7 +184,7 @@ def test_the_shipped_role_is_enough_and_every_grant_is_used(
 @pytest.mark.parametrize("dropped", sorted(grants_of(shipped_role())),
                          ids=lambda g: f"{g[0]}-{g[1] or 'core'}-{g[2]}")
 def test_dropping_any_grant_breaks_a_call(
-        dropped: Grant, cluster: Cluster, no_session_operator: None,
+        dropped: Grant, cluster: Cluster, no_session_operator: None, node: Node,
         trainer: ScriptedTrainer, task_storage: Storage, s3_server: S3Server,
         tmp_path: Path) -> None:
     verb, group, resource = dropped
@@ -145,7 +195,7 @@ def test_dropping_any_grant_breaks_a_call(
     since = cluster.audit.mark()
 
     def refused() -> bool:
-        return any(c.rbac == dropped and c.code == 403
+        return any(dropped in checked(c) and c.code == 403
                    for c in cluster.audit.calls(who.username, since))
 
     proc = OperatorProcess(who.kubeconfig, tmp_path / "operator.log", **OPERATOR_TEST_SETTINGS)
