@@ -71,7 +71,7 @@ test-e2e: venv tools controlplane ## Operator end to end: real Kopf against a re
 
 .PHONY: golden
 golden: venv ## Rewrite the golden files of tests/unit/golden/ from the builders (review the diff)
-	UPDATE_GOLDEN=1 $(PYTEST) -q tests/unit/test_render.py tests/unit/test_resources.py -k golden
+	UPDATE_GOLDEN=1 $(PYTEST) -q tests/unit/test_render.py tests/unit/test_resources.py tests/unit/test_multinode.py -k golden
 
 .PHONY: test-quick
 test-quick: venv tools controlplane ## Everything except the tests marked slow
