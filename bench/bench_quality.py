@@ -91,7 +91,8 @@ def random_check(r: TaskResult | None) -> str:
 
 def target_verdict(d: TaskResult | None, h: TaskResult | None) -> str:
     """`met`, or what misses the target: EM (or the task-aware equivalent) >= 0.95, never below
-    the hand config, loss < base; a miss the trainer itself called noGain says so."""
+    the hand config, loss < base, and a verdict that is not noGain; a miss the trainer itself
+    called noGain says so."""
     dm = d.metrics if d else None
     if dm is None:
         return "not run" if d is None else f"failed: {d.status.message}"[:60]
@@ -103,9 +104,12 @@ def target_verdict(d: TaskResult | None, h: TaskResult | None) -> str:
         misses.append("below hand")
     if dm.eval_loss >= dm.base_eval_loss:
         misses.append("loss>=base")
+    if not misses and dm.verdicts.no_gain:
+        misses.append("noGain")  # a score that no paired test backs is not a target met
     if not misses:
         return "met"
-    return "MISS: " + ", ".join(misses) + (" (verdict noGain)" if dm.verdicts.no_gain else "")
+    return "MISS: " + ", ".join(misses) + (" (verdict noGain)" if dm.verdicts.no_gain
+                                           and "noGain" not in misses else "")
 
 
 def _tokens(m: Metrics | None) -> str:
