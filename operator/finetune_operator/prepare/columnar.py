@@ -1,17 +1,16 @@
 """The columnar path: a JSONL object of alpaca records -> a `Batch`, with pyarrow compute.
 
 Why two paths: the per-line path (readers -> formats -> clean) costs ~10 µs per record in
-Python; this one parses with pyarrow's JSON reader and cleans whole columns at once. Its
-output must be byte-identical to the per-line path's, so it only takes what it can prove:
+Python; this one reads the object into columns with pyarrow and cleans whole columns at once.
+Its output must be byte-identical to the per-line path's, so it only takes what it can prove:
 
-  - the object as a whole: every line starts with `{` and ends with `}` (so line i is row i:
-    no blank lines, no record over two lines or two records on one), the bytes are UTF-8,
-    pyarrow parses every line (it refuses duplicate keys and lone surrogates, as orjson
-    does), the columns it finds are of types orjson would also have accepted (strings,
-    integers, booleans, nulls; floats only when all finite: pyarrow takes NaN and Infinity,
-    orjson does not), instruction and output are strings on every row (so missing and
-    null, which pyarrow cannot tell apart, never matter), and the first record's keys make
-    it an alpaca object. Anything else: `None`, and the object goes the per-line way.
+  - the object as a whole (jsonl_table.py): line i is row i (no blank lines, no record over
+    two lines or two records on one), the bytes are UTF-8, every value is read as orjson
+    reads it, instruction and output are strings on every row (so missing and null never
+    matter), and the first record's keys make it an alpaca object. One pass over the bytes
+    (`_NOT_SCANNED`) finds backslashes, control characters and NFC candidates; an object
+    with none of the first two is split on its quotes, any other through pyarrow's JSON
+    reader. Anything else: `None`, and the object goes the per-line way.
   - each record: NFC and trimming leave a string unchanged unless it holds one of the
     characters NFC can change or combine (`_NFC_RANGES`, from Python's own unicodedata) or
     starts or ends with whitespace (str.isspace). Records with such a string, or an empty
@@ -27,20 +26,18 @@ from __future__ import annotations
 import array
 import bisect
 import hashlib
-import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from json.encoder import encode_basestring
 from typing import Any
 
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pj
 
 from .clean import DropLog, clean_one
-from .formats import Example, alpaca, detect
+from .formats import Example, alpaca
+from .jsonl_table import table_of
 from .serialize import line as serialize_line
 from .split import prompt_key
 
@@ -126,13 +123,17 @@ NFC_RANGES = (_parse_ranges("".join(_NFC_RANGES)) if unicodedata.unidata_version
 _NFC_KEYS = _lead_keys(NFC_RANGES)
 # All bytes but the first bytes of UTF-8 sequences that may encode a sensitive code point
 # (bytes.translate deletes these: what is left are candidates; all are >= U+0300).
-_NOT_NFC_LEADS = bytes(sorted(set(range(256)) - {k >> 16 for k in _NFC_KEYS.to_pylist()}))
+_NFC_LEADS = {k >> 16 for k in _NFC_KEYS.to_pylist()}
+_NOT_NFC_LEADS = bytes(sorted(set(range(256)) - _NFC_LEADS))
+# One pass over an object keeps only the bytes that matter below: control characters but the
+# newline, backslashes (a JSON escape) and NFC leads; usually nothing is left.
+_CONTROLS = set(range(0x20)) - {0x0A}
+_NOT_SCANNED = bytes(sorted(set(range(256)) - _NFC_LEADS - _CONTROLS - {0x5C}))
+_NOT_CONTROLS = bytes(sorted(set(range(256)) - _CONTROLS))
 _NFC_MIN_LEAD = pa.scalar(0xCC, pa.uint8())  # U+0300, the smallest sensitive code point, is CC 80
 _THREE_BYTES = pa.scalar(0xE0, pa.uint32())
 _ZERO = pa.scalar(0, pa.uint8())
 _NEEDS_ESCAPE = r'[\x00-\x1f"\\]'  # what json's encoder escapes (ensure_ascii=False)
-_LINE_BREAKS = re.compile(rb"\n(?:(?<!}\n)(?<!}\r\n)|(?!\{))")  # a line not `{...}`
-_MAX_BLOCK = 2**31 - 1
 
 # serialize.line's shapes, cut where the strings go
 _OPEN = '{"messages": [{"content": "'
@@ -201,50 +202,6 @@ def batch_from_examples(kept: list[Example], output_chars: list[int], total_char
 # ---- the object -------------------------------------------------------------------------------
 
 
-def _string_ok(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_null(t)
-
-
-def _table(data: bytes, wanted: str) -> pa.Table | None:
-    """The object as a table, one row per line, when the columnar path can take it."""
-    if not data.startswith(b"{") or len(data) >= _MAX_BLOCK:
-        return None
-    end = len(data) - 1 if data.endswith(b"\n") else len(data)
-    if not (data[end - 1:end] == b"}" or data[end - 2:end] == b"}\r") or \
-            _LINE_BREAKS.search(data, 0, end):
-        return None
-    bounds = pa.array([0, len(data)], pa.int32()).buffers()[1]
-    whole = pa.Array.from_buffers(pa.string(), 1, [None, bounds, pa.py_buffer(data)])
-    try:
-        whole.validate(full=True)  # UTF-8 (pyarrow's JSON parser does not check it)
-    except pa.ArrowInvalid:
-        return None
-    first = data.find(b"\n")
-    try:
-        head = orjson.loads(data[:first] if first >= 0 else data)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(head, dict) or (wanted == "auto" and detect(head) != "alpaca") or \
-            wanted not in ("auto", "alpaca"):
-        return None
-    try:
-        table = pj.read_json(pa.BufferReader(data),
-                             read_options=pj.ReadOptions(use_threads=False, block_size=len(data) + 1))
-    except (pa.ArrowException, ValueError):  # whatever pyarrow refuses goes the per-line way
-        return None
-    if table.num_rows != data.count(b"\n", 0, end) + 1:
-        return None
-    for field in table.schema:
-        t = field.type
-        if pa.types.is_floating(t):  # orjson refuses NaN and Infinity, pyarrow takes them
-            if pc.any(pc.invert(pc.is_finite(table.column(field.name)))).as_py():
-                return None
-        elif not (_string_ok(t) or pa.types.is_boolean(t) or pa.types.is_int64(t)
-                  or pa.types.is_timestamp(t)):
-            return None
-    return table
-
-
 def _column(table: pa.Table, name: str, required: bool) -> pa.Array | None:
     if name not in table.column_names:
         return None if not required else pa.nulls(table.num_rows, pa.string())
@@ -304,7 +261,10 @@ def alpaca_batch(data: bytes, wanted: str, *, src: int, log: DropLog, max_chars:
                  stratify_by: str | None) -> tuple[Batch, int] | None:
     """The kept records of one alpaca JSONL object and its row count, drops noted in `log`;
     None when the object must go the per-line way (nothing is noted then)."""
-    table = _table(data, wanted)
+    scanned = data.translate(None, _NOT_SCANNED)
+    escapes = b"\\" in scanned
+    plain = not escapes and not scanned.translate(None, _NOT_CONTROLS)
+    table = table_of(data, wanted, plain)
     if table is None:
         return None
     n = table.num_rows
@@ -323,8 +283,7 @@ def alpaca_batch(data: bytes, wanted: str, *, src: int, log: DropLog, max_chars:
     # Rows the vectorised rules cannot vouch for go through clean_one.
     # One pass over the raw bytes usually shows that no string can hold an NFC-sensitive
     # character (a \\u escape could spell one: then each column is checked).
-    escapes = b"\\" in data  # memchr: fast; a 2-byte search such as b"\\u" is not
-    nfc = escapes or len(data.translate(None, _NOT_NFC_LEADS)) > 0
+    nfc = escapes or len(scanned.translate(None, _NOT_NFC_LEADS)) > 0
     nfc_rows = _nfc_rows if nfc else (lambda column: [])
     slow = pc.or_(_ends_with_space(instruction), pc.equal(instruction, ""))
     slow = pc.or_(slow, _ends_with_space(output))
