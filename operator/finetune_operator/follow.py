@@ -125,7 +125,9 @@ def _running(w: Writer, spec: FineTuneTaskSpec, layout: RunLayout, job: dict[str
     if js.get("active") and new.job is not None:
         w.status = new
         new, event = _pod_started(w, job)
-    w.commit(transitions.progressed(new, _progress(w, spec, layout)), event)
+    # Only a ready pod writes progress: a pending or suspended run costs no S3 or Secret read.
+    report = _progress(w, spec, layout) if js.get("ready") else None
+    w.commit(transitions.progressed(new, report), event)
 
 
 def _pod_started(w: Writer, job: dict[str, Any]) -> transitions.Step:
