@@ -75,8 +75,8 @@ def clock() -> list[float]:
 
 
 def _ctx(kube: FakeKube, clock: list[float], **settings: Any) -> Context:
-    return Context(OperatorSettings(progress_interval=30, **settings), kube,  # type: ignore[arg-type]
-                   clock=lambda: clock[0])
+    settings_ = OperatorSettings(progress_interval=30, **settings)
+    return Context(settings_, kube, clock=lambda: clock[0])  # type: ignore[arg-type]
 
 
 @pytest.fixture()

@@ -155,6 +155,7 @@ def test_other_jobs_pods_are_left_out_and_the_newest_message_wins() -> None:
     other["metadata"]["labels"]["job-name"] = "someone-else"
     older = killed(1, message="old")
     newer = killed(1, message="new")
-    older["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = "2026-01-01T00:00:00Z"
+    term = older["status"]["containerStatuses"][0]["state"]["terminated"]
+    term["finishedAt"] = "2026-01-01T00:00:00Z"
     assert podstate.of_job([other, older], JOB) == [older]
     assert podstate.termination_message([older, newer]) == "new"

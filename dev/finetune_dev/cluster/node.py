@@ -385,8 +385,8 @@ class Node:
         scheduled = [{"type": "PodScheduled", "status": "True", "lastTransitionTime": now()}]
         said = (f'failed to pull and unpack image "{container["image"]}": failed to resolve '
                 f"reference: dial tcp: lookup {container['image'].split('/')[0]}: no such host")
-        for reason, message in (("ErrImagePull", said),
-                                ("ImagePullBackOff", f'Back-off pulling image "{container["image"]}"')):
+        backoff = f'Back-off pulling image "{container["image"]}"'
+        for reason, message in (("ErrImagePull", said), ("ImagePullBackOff", backoff)):
             self._patch_status(ns, name, {"phase": "Pending", "conditions": scheduled,
                                           "containerStatuses": [self._container_status(
                                               container, {"waiting": {"reason": reason,
