@@ -69,15 +69,14 @@ class Waiting:
         """Waited `timeout` seconds or more (0: never)."""
         if timeout <= 0 or not self.since:
             return False
-        return (now - _parse_time(self.since)).total_seconds() >= timeout
+        try:
+            since = datetime.datetime.fromisoformat(self.since)
+        except ValueError:
+            return False  # a time we cannot read: wait for the Job's deadline instead
+        return (now - since).total_seconds() >= timeout
 
 
 # ---- reading pods --------------------------------------------------------------------------
-
-
-def _parse_time(stamp: str) -> datetime.datetime:
-    return datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(
-        tzinfo=datetime.timezone.utc)
 
 
 def _created(pod: dict[str, Any]) -> str:

@@ -147,6 +147,8 @@ def test_waiting_expires_after_its_timeout_and_never_with_zero() -> None:
     assert not w.expired(t0 + datetime.timedelta(seconds=599), 600)
     assert w.expired(t0 + datetime.timedelta(seconds=600), 600)
     assert not w.expired(t0 + datetime.timedelta(days=9), 0)
+    garbled = podstate.Waiting(R.IMAGE_PULL_FAILED, "x", "yesterday")
+    assert not garbled.expired(t0, 600)  # never a crash in the timer
     assert "the run fails after 600 s" in w.message(600) and "fails" not in w.message(0)
 
 
