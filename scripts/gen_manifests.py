@@ -169,7 +169,8 @@ def argocd_patch() -> str:
 
 
 def expected() -> dict[Path, str]:
-    files = {CHART_CRD: chart_crd_template(), SET_CHART_CRD: chart_crd_template(SET_CRD_SOURCE, "FineTuneTaskSet")}
+    files = {CHART_CRD: chart_crd_template(),
+             SET_CHART_CRD: chart_crd_template(SET_CRD_SOURCE, "FineTuneTaskSet")}
     files.update({MANIFESTS / name: text for name, text in render_files().items()})
     return files
 

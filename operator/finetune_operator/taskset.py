@@ -131,8 +131,9 @@ def plan(set_name: str, spec: FineTuneTaskSetSpec, folders: list[str] | None) ->
                                         "or digit to name a task with"))
             continue
         if name in owner:
+            first = owner[name]
             out.problems.append(Problem(DUPLICATE_NAME, f"entry {key!r}: makes the task name "
-                                        f"{name}, as {owner[name]!r} does; {owner[name]!r} is used"))
+                                        f"{name}, as {first!r} does; {first!r} is used"))
             continue
         owner[name] = key
         merged = defaults

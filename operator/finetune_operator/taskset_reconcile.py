@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from . import API_VERSION, policy
 from .kube import ApiError
@@ -177,18 +177,19 @@ def _apply(ref: SetRef, wanted: Plan, owned: dict[str, dict[str, Any]], sc: SetC
            ) -> dict[str, dict[str, Any]]:
     out = dict(owned)
     for name, spec in wanted.tasks.items():
-        body = task_body(ref, name, wanted.keys[name], spec)
+        key = wanted.keys[name]
+        body = task_body(ref, name, key, spec)
         if name in owned and _same(owned[name], body):
             continue
         if name not in owned and api(lambda: sc.ctx.kube.get_task(ref.namespace, name)):
-            wanted.problems.append(Problem(DUPLICATE_NAME, f"entry {wanted.keys[name]!r}: a "
-                                           f"FineTuneTask {name} exists that this set does not own"))
+            # Never take over a task applied on its own (or one of another set's).
+            wanted.problems.append(Problem(DUPLICATE_NAME, f"entry {key!r}: a FineTuneTask "
+                                           f"{name} exists that this set does not own"))
             continue
         try:
             out[name] = api(lambda: sc.api.apply_task(body))
-        except ApiError as err:
-            # e.g. a FineTuneTask of that name that someone else owns (409 conflict on the owner)
-            wanted.problems.append(Problem(MALFORMED_ENTRY, f"entry {wanted.keys[name]!r}: {err}"))
+        except ApiError as err:  # the apiserver refused the task (e.g. 422): that entry only
+            wanted.problems.append(Problem(MALFORMED_ENTRY, f"entry {key!r}: {err}"))
     return out
 
 
@@ -208,8 +209,9 @@ def _delete_removed(ref: SetRef, wanted: Plan, owned: dict[str, dict[str, Any]],
 # ---- status --------------------------------------------------------------------------------
 
 
-def _cond(type_: SetConditionType, status: str, reason: str, message: str) -> SetCondition:
-    return SetCondition(type=type_, status=status, reason=reason, message=message,  # type: ignore[arg-type]
+def _cond(type_: SetConditionType, status: Literal["True", "False", "Unknown"], reason: str,
+          message: str) -> SetCondition:
+    return SetCondition(type=type_, status=status, reason=reason, message=message,
                         last_transition_time=now_iso())
 
 
@@ -253,7 +255,7 @@ def _write(ref: SetRef, sc: SetContext, old: dict[str, Any], tasks: Any,
     new.last_listed = now_iso() if listed.reason != NO_SOURCE else None
     _commit(ref, sc, old, new.wire())
     before = set(old.get("problems") or [])
-    for p in problems or []:
+    for p in (problems or [])[:MAX_LISTED]:  # the ones the status keeps: each evented once
         if p.message not in before:
             sc.api.post_event(ref.involved(), "Warning", p.reason, p.message)
     old_listed = next((c for c in old.get("conditions") or [] if c.get("type") == "SourceListed"),

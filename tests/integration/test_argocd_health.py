@@ -142,8 +142,8 @@ SET_CASES = [
     ("running-with-a-problem", {"observedGeneration": 2, "tasks": 2,
                                 "counts": _counts(training=2), "conditions": [LISTED, DUP]},
      "Progressing", "0/2 tasks done, 0 failed; DuplicateTaskName: " + DUP["message"]),
-    ("suspended", {"observedGeneration": 2, "tasks": 2, "counts": _counts(suspended=1,
-                                                                          succeeded=1)},
+    ("suspended", {"observedGeneration": 2, "tasks": 2,
+                   "counts": _counts(suspended=1, succeeded=1)},
      "Suspended", "1/2 tasks done, 0 failed, 1 suspended"),
 ]
 
