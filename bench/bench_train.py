@@ -6,7 +6,14 @@ the renderer's pack length and micro-batch); evaluation is removed so only train
 Reports the real-token fraction (real tokens / token slots computed, from Axolotl's own
 `tokens/total` counter) and real tokens per second, and the packed/unpacked ratio.
 
+The interruption row (issue 15): the whole trainer (`python -m finetune_trainer`, checkpoints
+and all, on a local run folder) once uninterrupted, and once SIGKILLed (its process group, as a
+lost node would) when its progress lines pass 50% of the steps, then started again on the same
+run, which resumes from its last complete checkpoint. The wall times compare against the target
+of 1.2x the uninterrupted run.
+
     python bench/bench_train.py [--steps 30] [--lengths varying,uniform] [--keep DIR]
+                                [--rows packing,interruption] [--interrupt-steps 40]
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -121,23 +129,164 @@ def run(model: Path, work: Path, lengths: str, packing: bool, steps: int) -> dic
             "tok_s": real / runtime}
 
 
+RESUME_TARGET = 1.2  # issue 15: an interrupted run costs under 1.2x the uninterrupted one
+KILL_AT = 0.5         # share of the steps done when the trainer is killed
+
+
+def prepare_trainer_run(model: Path, work: Path, name: str, steps: int) -> RunLayout:
+    """A run folder as the operator leaves it: the prepared split, manifest and config."""
+    from finetune_contract.storage import Storage
+    from finetune_operator.prepare import prepare_run
+
+    raw = work / "raw" / "triage.jsonl"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_text("".join(json.dumps(r) + "\n" for r in synthetic_task(150, seed=1)))
+    spec = parse_spec({"baseModel": {"name": str(model)},
+                       "dataset": {"uri": str(raw), "validationFraction": 0.2, "seed": 7},
+                       "output": {"uri": str(work / "runs")},
+                       "training": {"maxSteps": steps, "learningRate": 2e-3,
+                                    "earlyStoppingPatience": 100}}, local=True)
+    layout = RunLayout(root=str(work / "runs"), namespace="bench", task=name, run_id=spec.run_id())
+    storage = Storage()
+    manifest = prepare_run(spec, layout, storage)
+    config = render_axolotl_config(spec, manifest, layout, profile="cpu")
+    storage.write_text(layout.config, yaml.safe_dump(config, sort_keys=False))
+    return layout
+
+
+def _session_cpu(pid: int) -> float:
+    """CPU seconds of every live process in the session `pid` leads (the trainer, Axolotl)."""
+    import psutil  # comes with the training stack (accelerate)
+
+    total = 0.0
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == pid:
+                t = p.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+        except (OSError, psutil.Error):
+            continue
+    return total
+
+
+def trainer(layout: RunLayout, work: Path, kill_at: int | None = None) -> dict:
+    """Run the trainer; SIGKILL its process group once a progress line reaches step `kill_at`.
+    Wall and CPU seconds, the start-up before the first training step, exit code, output."""
+    import resource
+
+    from finetune_contract import ProgressEvent
+
+    cmd = [sys.executable, "-m", "finetune_trainer", "--run-uri", layout.prefix, "--profile", "cpu",
+           "--termination-log", str(work / "termination-log"), "--work-dir", str(work)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **ENV}, start_new_session=True)
+    out, first_step, entry, cpu = [], None, None, None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        out.append(line)
+        event = ProgressEvent.parse(line)
+        if event is None or event.stage != "train":
+            continue
+        entry = event.step if entry is None else entry
+        if first_step is None and (event.step or 0) > (entry or 0):
+            first_step = time.monotonic() - started
+        if kill_at is not None and (event.step or 0) >= kill_at:
+            cpu = _session_cpu(proc.pid)
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait()
+    wall = time.monotonic() - started
+    if cpu is None:
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall": wall, "cpu": cpu, "startup": first_step or wall, "rc": proc.returncode,
+            "out": "".join(out)}
+
+
+def interruption(model: Path, work: Path, steps: int) -> dict:
+    """An uninterrupted run against one killed at 50% of its steps and resumed."""
+    from finetune_contract import Metrics
+
+    rows = {}
+    for name in ("whole", "resumed"):
+        layout = prepare_trainer_run(model, work / name, name, steps)
+        if name == "whole":
+            parts = [trainer(layout, work / name / "t1")]
+        else:
+            killed = trainer(layout, work / name / "t1", kill_at=int(steps * KILL_AT))
+            if killed["rc"] != -signal.SIGKILL:
+                raise SystemExit(f"the trainer was not killed (exit {killed['rc']}): "
+                                 + killed["out"][-1500:])
+            parts = [killed, trainer(layout, work / name / "t2")]
+        if parts[-1]["rc"] != 0:
+            raise SystemExit(f"trainer failed ({name}): {parts[-1]['out'][-1500:]}")
+        metrics = Metrics.model_validate_json(Path(layout.metrics).read_text())
+        rows[name] = {"parts": parts, "metrics": metrics,
+                      "wall": sum(p["wall"] for p in parts), "cpu": sum(p["cpu"] for p in parts)}
+        print(f"done: interruption {name}", file=sys.stderr, flush=True)
+    return rows
+
+
+def print_interruption(rows: dict, steps: int) -> None:
+    whole, resumed = rows["whole"], rows["resumed"]
+    m, w = resumed["metrics"], whole["metrics"]
+    print(f"\ninterruption: killed at {int(steps * KILL_AT)}/{steps} steps, resumed from step "
+          f"{m.resumed_from_step} (resumeCount {m.resume_count}); start-up = seconds before "
+          "the first training step (imports, data, base model, base evaluation)")
+    head = (f"{'run':16} {'wall s':>7} {'cpu s':>7} {'start-up s':>10} {'eval loss':>10}")
+    print(head)
+    print("-" * len(head))
+    print(f"{'whole':16} {whole['wall']:>7.1f} {whole['cpu']:>7.1f} "
+          f"{whole['parts'][0]['startup']:>10.1f} {w.eval_loss:>10.4f}")
+    for label, part in zip(("killed pod", "resumed pod"), resumed["parts"]):
+        print(f"{label:16} {part['wall']:>7.1f} {part['cpu']:>7.1f} {part['startup']:>10.1f} "
+              f"{'-' if label == 'killed pod' else f'{m.eval_loss:.4f}':>10}")
+    print(f"{'interrupted':16} {resumed['wall']:>7.1f} {resumed['cpu']:>7.1f}")
+    for what in ("wall", "cpu"):
+        ratio = resumed[what] / whole[what]
+        verdict = "met" if ratio < RESUME_TARGET else "NOT met"
+        print(f"interrupted/whole {what} time x{ratio:.2f} (target < x{RESUME_TARGET}: {verdict})")
+    print(f"stage seconds, whole: {w.stage_seconds}; resumed pod: {m.stage_seconds}")
+    # Where the ratio comes from: each pod pays the start-up S once, and the steps after the
+    # last checkpoint (a share r of the loop L) are trained twice: (2S + (1 + r)L) / (S + L).
+    start_up = whole["parts"][0]["startup"]
+    loop = whole["wall"] - start_up
+    redone = (int(steps * KILL_AT) - (m.resumed_from_step or 0)) / steps
+    if redone < RESUME_TARGET - 1:
+        need = (2 - RESUME_TARGET) * start_up / (RESUME_TARGET - 1 - redone)
+        print(f"start-up S {start_up:.0f}s, rest L {loop:.0f}s, redone r {redone:.0%} of the steps: "
+              f"x{RESUME_TARGET} holds once L > {need:.0f}s ({need / max(start_up, 1e-9):.0f}x "
+              "the start-up)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--lengths", default="varying,uniform")
     parser.add_argument("--keep", help="Keep the work dir here (default: a temp dir, removed)")
+    parser.add_argument("--rows", default="packing,interruption")
+    parser.add_argument("--interrupt-steps", type=int, default=40)
     args = parser.parse_args()
+    wanted = args.rows.split(",")
     model = build_tiny_model(REPO / ".cache" / "tinymodel")
     work = Path(args.keep or tempfile.mkdtemp(prefix="bench-train-"))
-    rows = []
+    rows, resumed = [], None
     try:
-        for lengths in args.lengths.split(","):
+        for lengths in args.lengths.split(",") if "packing" in wanted else []:
             for packing in (False, True):
                 rows.append(run(model, work, lengths, packing, args.steps))
                 print(f"done: {lengths} packing={packing}", file=sys.stderr, flush=True)
+        if "interruption" in wanted:
+            resumed = interruption(model, work / "interruption", args.interrupt_steps)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    if resumed is not None:
+        print_interruption(resumed, args.interrupt_steps)
+    if not rows:
+        return 0
     head = (f"{'lengths':9} {'packing':8} {'seq_len':>7} {'mbs':>4} {'steps':>5} {'epochs':>6} "
             f"{'real tok':>9} {'computed':>9} {'real frac':>9} {'train s':>8} {'real tok/s':>10}")
     print(head)

@@ -302,3 +302,25 @@ def test_tracker_after_a_resume_keeps_the_curve_and_says_where_it_resumed() -> N
     p = tracker.update(ProgressEvent(stage="train", step=6, max_steps=10, eval_loss=0.7))
     assert [e.step for e in p.eval_history] == [2, 4, 6] and p.resumed_from_step == 4
     assert p.eta_seconds == 4.0  # the pace since the resume, not since step 0
+
+
+def test_the_local_display_shows_the_trackers_eta_rate_and_resume() -> None:
+    """`finetune run --local` draws the figures progress.json holds, from the same tracker."""
+    import io
+
+    from tqdm import tqdm
+
+    from finetune_dev.local_trainer import Progress
+
+    now, out = [0.0], io.StringIO()
+    progress = Progress("triage", out, interval=30.0, clock=lambda: now[0])
+    progress.update(ProgressEvent(stage="train", step=4, max_steps=10, resumed_from_step=4))
+    for step in range(5, 9):
+        now[0] += 2
+        progress.update(ProgressEvent(stage="train", step=step, max_steps=10, tokens=50 * step,
+                                      eval_loss=0.5 if step == 8 else None))
+    last = out.getvalue().splitlines()[-1]
+    run = progress.tracker.progress
+    assert (run.eta_seconds, run.tokens_per_second, run.last_eval_loss) == (4.0, 25.0, 0.5)
+    assert f"eta={tqdm.format_interval(4.0)}" in last and "tok/s=25" in last, last
+    assert "eval_loss=0.5" in last and "resumed_from=4" in last and "8/10" in last, last
