@@ -123,6 +123,8 @@ def run(args: argparse.Namespace, layout: RunLayout, work: Path):  # type: ignor
     from transformers import AutoTokenizer
 
     profile = args.profile or ("gpu" if torch.cuda.is_available() else "cpu")
+    scored_as = evaluate.scoring_for(inputs.config, profile)  # base and tuned alike
+    fetch.log(f"scoring: {scored_as.why}")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     try:
         encoded_train = [evaluate.encode(tokenizer, r, shape) for r in inputs.train_records]
@@ -147,7 +149,8 @@ def run(args: argparse.Namespace, layout: RunLayout, work: Path):  # type: ignor
 
     max_steps = int(inputs.config.get("max_steps") or 0)
     clock.enter("evaluate-base", step=0, maxSteps=max_steps)
-    base = evaluate.evaluate(model_dir, tokenizer, inputs.validation_records, shape)
+    base = evaluate.evaluate(model_dir, tokenizer, inputs.validation_records, shape,
+                             scoring=scored_as)
     plan = inputs.search
     outcome, trained_idx, extra = None, range(len(encoded_train)), {}
     clock.enter("search" if plan else "train", step=resumed.step if resumed else 0,
@@ -156,7 +159,7 @@ def run(args: argparse.Namespace, layout: RunLayout, work: Path):  # type: ignor
         outcome = search.run_search(plan, inputs.config, records=inputs.train_records, shape=shape,
                                     model_dir=model_dir, tokenizer=tokenizer,
                                     tokenizer_dir=tokenizer_dir, work=work, profile=profile,
-                                    earliest_stop_step=earliest)
+                                    earliest_stop_step=earliest, scoring=scored_as)
         result, cfg, trained_idx = outcome.result, outcome.config, outcome.fit_indices
         extra = {layout.selection: outcome.selection_jsonl}
     else:
@@ -171,7 +174,7 @@ def run(args: argparse.Namespace, layout: RunLayout, work: Path):  # type: ignor
     step = int(result.state.get("global_step") or 0)
     clock.enter("evaluate-tuned", step=step, maxSteps=max_steps)
     tuned = evaluate.evaluate(model_dir, tokenizer, inputs.validation_records, shape,
-                              adapter_dir=result.best_checkpoint,
+                              adapter_dir=result.best_checkpoint, scoring=scored_as,
                               with_exact_match=base.exact_match is not None)
     real_tokens = sum(n for n in (len(encoded_train[i].input_ids) for i in trained_idx)
                       if not seq_len or n <= seq_len)

@@ -7,21 +7,106 @@ packed evaluation drops the last incomplete batch, so its numbers are not what w
 Greedy exact match is added when answers are short, with each record's hit or miss: the noGain
 verdict pairs them with the trivial baselines' on the same records (baselines.py); the greedy
 answers themselves feed the task-aware scores (scoring.py).
+
+Both are scored on the model the adapter was trained on (`scoring_for`): a LoRA adapter merged
+into the full-precision base, a QLoRA adapter unmerged on the same 4-bit base, and the base
+model of the comparison loaded the same way.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from .baselines import same_answer
+from .errors import bad_input
 
 EXACT_MATCH_MAX_TOKENS = 96  # covers short JSON extractions (~60 tokens), not free prose
 BATCH = 8
 GENERATE_BATCH = 16
+
+Quantization = Literal["none", "4bit"]
+
+# Why base and tuned are loaded the way they are (the trainer logs it).
+SCORED_MERGED = "lora: the adapter merged into the full-precision base"
+SCORED_4BIT = ("qlora: scored on the 4-bit base it trained on (nf4, double quant), "
+               "the adapter unmerged")
+SCORED_AS_LORA = ("qlora on the cpu profile: it trained as plain lora (4-bit training needs "
+                  "CUDA), so it is scored as lora")
+NO_CUDA_FOR_4BIT = ("adapter qlora with load_in_4bit on the gpu profile, but no CUDA device: "
+                    "its 4-bit base cannot be built as training builds it (the cpu profile "
+                    "trains and scores qlora as lora)")
+
+# Axolotl 0.19's BitsAndBytesConfig for `adapter: qlora` + `load_in_4bit` (loaders/model.py),
+# less bnb_4bit_compute_dtype (its torch_dtype, `axolotl_dtype`).
+AXOLOTL_QLORA_BNB: Mapping[str, Any] = {
+    "load_in_4bit": True, "llm_int8_threshold": 6.0, "llm_int8_has_fp16_weight": False,
+    "bnb_4bit_use_double_quant": True, "bnb_4bit_quant_type": "nf4",
+    "bnb_4bit_quant_storage": "bfloat16"}
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How base and tuned are loaded: one choice for both, the one training made."""
+
+    quantization: Quantization = "none"
+    compute_dtype: str = "float32"  # bnb_4bit_compute_dtype (4-bit only)
+    bnb_overrides: tuple[tuple[str, Any], ...] = ()  # the config's bnb_config_kwargs
+    why: str = SCORED_MERGED
+
+    @property
+    def merge(self) -> bool:
+        """Merge the adapter only into a full-precision base: merged into 4-bit weights, the
+        update would be re-quantized (mostly rounded away), which is not the model trained."""
+        return self.quantization == "none"
+
+    def bnb_kwargs(self) -> dict[str, Any]:
+        """BitsAndBytesConfig's arguments, as Axolotl builds them for the training."""
+        return {**AXOLOTL_QLORA_BNB, "bnb_4bit_compute_dtype": self.compute_dtype,
+                **dict(self.bnb_overrides)}
+
+
+MERGED = Scoring()
+
+
+def axolotl_dtype(config: Mapping[str, Any], bf16_supported: bool) -> str:
+    """Axolotl's torch_dtype for `config` (utils/config resolve_dtype): `bf16: auto` is bf16
+    where supported, else fp16 unless fp16 is set; load_in_8bit or fp16 is fp16; else fp32."""
+    bf16, fp16 = config.get("bf16"), config.get("fp16")
+    if bf16 == "auto":
+        bf16 = bool(bf16_supported and not fp16)
+        if not bf16 and fp16 is None and not config.get("float16"):
+            fp16 = True
+    if bf16 or config.get("bfloat16"):
+        return "bfloat16"
+    if config.get("load_in_8bit") or fp16 or config.get("float16"):
+        return "float16"
+    return "float32"
+
+
+def scoring_for(config: Mapping[str, Any], profile: str, *, cuda: bool | None = None,
+                bf16_supported: bool | None = None) -> Scoring:
+    """How to score a run of the rendered `config` on `profile` (cuda / bf16: this machine's,
+    asked of torch when None). QLoRA is 4-bit only where it trained 4-bit: the cpu profile
+    trains it as lora (train.local_config), so it is scored as lora there; a gpu profile without
+    CUDA fails here rather than scoring an unquantized merge that was never trained."""
+    if config.get("adapter") != "qlora" or not config.get("load_in_4bit"):
+        return MERGED
+    if profile == "cpu":
+        return Scoring(why=SCORED_AS_LORA)
+    if cuda is None or bf16_supported is None:
+        import torch
+
+        cuda = torch.cuda.is_available() if cuda is None else cuda
+        bf16_supported = (cuda and torch.cuda.is_bf16_supported() if bf16_supported is None
+                          else bf16_supported)
+    if not cuda:
+        raise bad_input("BadConfig", NO_CUDA_FOR_4BIT)
+    overrides = tuple(sorted((config.get("bnb_config_kwargs") or {}).items()))
+    return Scoring("4bit", axolotl_dtype(config, bf16_supported), overrides, SCORED_4BIT)
 
 
 @dataclass
@@ -65,21 +150,34 @@ def encode(tokenizer: Any, record: dict[str, Any], shape: str) -> Encoded:
                    len(prompt_ids), answer)
 
 
-def load_model(model_dir: str | Path, adapter_dir: str | Path | None = None) -> Any:
+def load_model(model_dir: str | Path, adapter_dir: str | Path | None = None,
+               scoring: Scoring = MERGED) -> Any:
+    """The base model (with the adapter when `adapter_dir`), loaded as `scoring` says."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    dtype = torch.float32
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        dtype = torch.bfloat16
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
+    if scoring.quantization == "4bit":
+        from transformers import BitsAndBytesConfig
+
+        # Placed on the GPU while loading: bitsandbytes quantizes there (no .to() afterwards).
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=getattr(torch, scoring.compute_dtype), attn_implementation="sdpa",
+            quantization_config=BitsAndBytesConfig(**scoring.bnb_kwargs()), device_map="cuda")
+    else:
+        dtype = torch.float32
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            dtype = torch.bfloat16
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype,
+                                                     attn_implementation="sdpa")
     if adapter_dir is not None:
         from peft import PeftModel
 
-        # Merged, the tuned model runs exactly the base model's code and cost (greedy decoding
-        # through unmerged LoRA layers was the slowest part of a CPU evaluation).
-        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    if torch.cuda.is_available():
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        if scoring.merge:
+            # Merged, the tuned model runs exactly the base model's code and cost (greedy
+            # decoding through unmerged LoRA layers was the slowest part of a CPU evaluation).
+            model = model.merge_and_unload()
+    if scoring.merge and torch.cuda.is_available():
         model = model.to("cuda")
     model.eval()
     return model
@@ -175,10 +273,12 @@ def short_answers(encoded: list[Encoded]) -> bool:
 
 
 def evaluate(model_dir: str | Path, tokenizer: Any, records: list[dict[str, Any]], shape: str, *,
-             adapter_dir: str | Path | None = None, with_exact_match: bool | None = None) -> EvalResult:
-    """Loss (and exact match for short chat answers) of base or base+adapter on `records`."""
+             adapter_dir: str | Path | None = None, with_exact_match: bool | None = None,
+             scoring: Scoring = MERGED) -> EvalResult:
+    """Loss (and exact match for short chat answers) of base or base+adapter on `records`;
+    pass base and tuned the same `scoring` (`scoring_for`)."""
     encoded = [encode(tokenizer, r, shape) for r in records]
-    model = load_model(model_dir, adapter_dir)
+    model = load_model(model_dir, adapter_dir, scoring)
     loss, tokens = answer_loss(model, tokenizer, encoded)
     if with_exact_match is None:
         with_exact_match = shape == "messages" and short_answers(encoded)

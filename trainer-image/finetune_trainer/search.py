@@ -77,9 +77,11 @@ class SearchOutcome:
 
 def run_search(plan: SearchPlan, config: dict[str, Any], *, records: list[dict[str, Any]],
                shape: str, model_dir: Path, tokenizer: Any, tokenizer_dir: Path, work: Path,
-               profile: str, earliest_stop_step: int = 0) -> SearchOutcome:
+               profile: str, earliest_stop_step: int = 0,
+               scoring: evaluate.Scoring = evaluate.MERGED) -> SearchOutcome:
     """Train every candidate of `plan` (the rendered finetune_search) and return the winner;
-    each candidate stops early no sooner than the budget's `earliest_stop_step`."""
+    each candidate stops early no sooner than the budget's `earliest_stop_step` and is scored
+    as base and tuned are (`scoring`)."""
     candidates_plan = plan.candidates
     if len(candidates_plan) < 2:
         raise bad_input("BadConfig", f"{SEARCH_KEY} needs at least 2 candidates")
@@ -109,7 +111,8 @@ def run_search(plan: SearchPlan, config: dict[str, Any], *, records: list[dict[s
         result = train.run_axolotl(cfg, cand_work, earliest_stop_step=earliest_stop_step,
                                    stage="search")
         score = evaluate.evaluate(model_dir, tokenizer, selection, shape,
-                                  adapter_dir=result.best_checkpoint, with_exact_match=False)
+                                  adapter_dir=result.best_checkpoint, with_exact_match=False,
+                                  scoring=scoring)
         best = result.best_checkpoint.name.split("-")[-1]
         scored.append(SearchCandidate(
             learning_rate=lr, lora_r=rank, lora_alpha=alpha, selection_loss=score.loss,
