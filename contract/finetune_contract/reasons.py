@@ -31,6 +31,8 @@ NO_WEIGHTS: Final = "NoWeights"           # the base model has no config.json or
 NO_TOKENIZER: Final = "NoTokenizer"       # no tokenizer loads from the base model
 NO_CHAT_TEMPLATE: Final = "NoChatTemplate"    # chat records, tokenizer without a template
 BAD_CHAT_TEMPLATE: Final = "BadChatTemplate"  # the chat template cannot render a record
+BAD_WORLD: Final = "BadWorld"             # the process group's env is inconsistent, or search
+                                          # asked of a multi-node run
 
 # ---- anything else (exit 1) ---------------------------------------------------------------
 STORAGE: Final = "Storage"                # S3 failed (credentials, endpoint, bucket)
@@ -42,7 +44,8 @@ INTERNAL: Final = "Internal"              # an unexpected error (traceback in th
 
 BAD_INPUT: Final[frozenset[str]] = frozenset({
     BAD_RUN_URI, BAD_CONFIG, BAD_MANIFEST, MISSING_INPUT, SPLIT_MISMATCH, NO_DATA, MALFORMED,
-    BAD_ROLES, MODEL_NOT_FOUND, NO_WEIGHTS, NO_TOKENIZER, NO_CHAT_TEMPLATE, BAD_CHAT_TEMPLATE})
+    BAD_ROLES, MODEL_NOT_FOUND, NO_WEIGHTS, NO_TOKENIZER, NO_CHAT_TEMPLATE, BAD_CHAT_TEMPLATE,
+    BAD_WORLD})
 FAILURES: Final[frozenset[str]] = BAD_INPUT | {
     STORAGE, MODEL_DOWNLOAD, OUT_OF_MEMORY, TRAINING_FAILED, NO_CHECKPOINT, INTERNAL}
 ALL: Final[frozenset[str]] = FAILURES | {SUCCEEDED}

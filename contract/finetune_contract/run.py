@@ -377,6 +377,11 @@ class Metrics(_Model):
         None, description="The checkpoint step the last pod resumed from; None for a run that "
                           "never resumed.")
     resume_count: int = Field(0, description="How many times the run resumed from a checkpoint.")
+    world_size: int = Field(1, description="Training processes in all (nodes x processesPerNode).")
+    nodes: int = 1
+    processes_per_node: int = 1
+    sharding: str = Field("none", description="none (DDP when worldSize > 1), fsdp or "
+                                              "deepspeed-zero2/3: how the base was split.")
 
     @staticmethod
     def relative_improvement(base: float, tuned: float) -> float:

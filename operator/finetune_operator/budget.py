@@ -19,13 +19,14 @@ typed; the rounding of sequence_len lives there too, shared with the trainer's f
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Literal
 
 from finetune_contract import Budget, Manifest, round_up, sequence_len_for
 from finetune_contract.budget import (MAX_EPOCHS, MAX_STEPS, MIN_EPOCHS, MIN_STEPS,
                                       MIN_STOP_FRACTION, SCHEDULE_FIELDS, SEQ_MIN, SEQ_ROUND,
                                       TARGET_ANSWER_TOKENS, schedule)
+
+from .sharding import parameters_from_name
 
 __all__ = ["MIN_STOP_FRACTION", "TARGET_ANSWER_TOKENS", "derive_budget", "model_size_billions"]
 
@@ -42,11 +43,8 @@ def tokens(chars: int | float) -> int:
 
 def model_size_billions(name: str) -> float | None:
     """Parameter count from a hub-style name (`SmolLM2-135M`, `Qwen2.5-0.5B`); None if absent."""
-    match = re.search(r"(\d+(?:\.\d+)?)\s*([mb])(?![a-z])", name.lower())
-    if not match:
-        return None
-    value = float(match.group(1))
-    return value / 1000 if match.group(2) == "m" else value
+    parameters = parameters_from_name(name)
+    return parameters / 1e9 if parameters is not None else None
 
 
 def default_learning_rate(model_name: str, adapter: str) -> tuple[float, str]:

@@ -103,6 +103,19 @@ class Kube:
         self._call(f"delete configmap {namespace}/{name}",
                    self.core.delete_namespaced_config_map, name, namespace)
 
+    # ---- Services (the headless Service of a multi-node run) -------------------------------
+
+    def create_service(self, body: dict[str, Any]) -> bool:
+        """True when created, False when it already existed."""
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        _, created = self._create(f"create service {ns}/{name}",
+                                  self.core.create_namespaced_service, ns, body)
+        return created
+
+    def delete_service(self, namespace: str, name: str) -> None:
+        self._call(f"delete service {namespace}/{name}",
+                   self.core.delete_namespaced_service, name, namespace)
+
     # ---- Jobs ------------------------------------------------------------------------------
 
     def create_job(self, body: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:

@@ -26,6 +26,7 @@ from . import metrics, policy, transitions
 from . import reasons as R
 from finetune_contract import Manifest, RunLayout
 from .follow import follow, follow_run
+from .multinode import build_headless_service
 from .resources import build_configmap, build_job, child_name, profile_for
 from .spec import FineTuneTaskSpec, JobStatus, SpecError, parse_spec
 from .status import FINAL_PHASES, is_true
@@ -78,9 +79,11 @@ def _check_policy(w: Writer, spec: FineTuneTaskSpec) -> None:
 def _start_run(w: Writer, run_id: str) -> None:
     """A new spec: delete the superseded run's children, then reset the status."""
     old = w.status.job
-    if old is not None and old.name != child_name(w.task.ref.name, run_id):
+    if old is not None and w.status.run_id != run_id:
         api(lambda: w.ctx.kube.delete_job(w.task.ref.namespace, old.name))
         api(lambda: w.ctx.kube.delete_configmap(w.task.ref.namespace, old.config_map))
+        if old.service:
+            api(lambda: w.ctx.kube.delete_service(w.task.ref.namespace, old.service))
         w.event("Normal", R.SUPERSEDED, f"spec changed: deleted Job {old.name} of run "
                                         f"{w.status.run_id}")
     # Not committed here: the first step's write carries it (one status patch fewer per run).
@@ -123,10 +126,12 @@ def _render(w: Writer, spec: FineTuneTaskSpec, layout: RunLayout, storage: Stora
     if is_true(w.status, "ConfigRendered"):
         return
     try:
-        config = render_axolotl_config(spec, manifest, layout, profile=profile_for(spec, w.ctx.settings))
+        config = render_axolotl_config(spec, manifest, layout, profile=profile_for(spec, w.ctx.settings),
+                                       gpu_memory_gib=w.ctx.settings.gpu_memory_gib)
     except (ValueError, TypeError, KeyError) as err:
         w.fail("ConfigRendered", R.INVALID_CONFIG, f"{err}; check spec.training")
-    body = build_configmap(w.task.ref, layout.run_id, config)
+    body = build_configmap(w.task.ref, layout.run_id, config,
+                           spec.resources.world_shape()[0])
     text = body["data"]["axolotl.yaml"]
     if any(s and s in text for s in w.secrets):
         w.fail("ConfigRendered", R.SECRET_IN_CONFIG,
@@ -145,7 +150,8 @@ def _render(w: Writer, spec: FineTuneTaskSpec, layout: RunLayout, storage: Stora
 
 def _launch(w: Writer, spec: FineTuneTaskSpec, layout: RunLayout) -> bool:
     """Create the Job unless suspended; True when it already existed (so follow it now)."""
-    ref, name = w.task.ref, child_name(w.task.ref.name, layout.run_id)
+    nodes = spec.resources.world_shape()[0]
+    ref, name = w.task.ref, child_name(w.task.ref.name, layout.run_id, nodes)
     if is_true(w.status, "JobCreated"):
         apply_suspend(w, spec)
         return True
@@ -153,9 +159,15 @@ def _launch(w: Writer, spec: FineTuneTaskSpec, layout: RunLayout) -> bool:
         w.commit(*transitions.suspended_before_launch(w.status, w.at()))
         return False
     body = build_job(ref, layout.run_id, spec, layout, w.ctx.settings)
+    service = None
+    if nodes > 1:  # the pods' DNS names (the rendezvous) before the pods
+        headless = build_headless_service(body)
+        api(lambda: w.ctx.kube.create_service(headless))
+        service = name
     _job, created = api(lambda: w.ctx.kube.create_job(body))
     msg = f"ConfigMap and Job {name} {'created' if created else 'exist'}"
-    w.commit(*transitions.launched(w.status, JobStatus(name=name, config_map=name), msg, w.at()))
+    children = JobStatus(name=name, config_map=name, service=service)
+    w.commit(*transitions.launched(w.status, children, msg, w.at()))
     metrics.TASK_TRAINING_STARTED.labels(ref.namespace, ref.name).set(time.time())
     metrics.TASK_TRAINING_DEADLINE.labels(ref.namespace, ref.name).set(
         spec.resources.active_deadline_seconds)

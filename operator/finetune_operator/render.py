@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
+from . import sharding
 from .budget import derive_budget
 from finetune_contract import (BUDGET_KEY, SEARCH_KEY, Manifest, RunLayout, SearchCandidatePlan,
                                SearchPlan)
@@ -47,7 +48,8 @@ def _dataset(uri: str, shape: str, train_on_inputs: bool) -> dict[str, Any]:
 
 
 def _render(spec: FineTuneTaskSpec, manifest: Manifest, layout: RunLayout,
-            profile: Profile) -> tuple[dict[str, Any], dict[str, str]]:
+            profile: Profile, gpu_memory_gib: float | None = None
+            ) -> tuple[dict[str, Any], dict[str, str]]:
     if profile not in ("gpu", "cpu"):
         raise ValueError(f"profile must be gpu or cpu, got {profile!r}")
     t = spec.training
@@ -138,6 +140,7 @@ def _render(spec: FineTuneTaskSpec, manifest: Manifest, layout: RunLayout,
     why["use_wandb"] = "no external trackers: metrics.json is the record"
 
     _profile_keys(cfg, why, profile)
+    _world_keys(cfg, why, spec, adapter, profile, gpu_memory_gib)
     cfg[BUDGET_KEY] = budget.wire()
     why[BUDGET_KEY] = ("every derived number, copied by the trainer into metrics.json `budget`; token "
                        "counts are estimated from characters/4 (no tokenizer in the operator); "
@@ -158,6 +161,28 @@ def _render(spec: FineTuneTaskSpec, manifest: Manifest, layout: RunLayout,
         for key in t.axolotl:
             why[key] = "spec.training.axolotl (merged last, overrides the above)"
     return cfg, why
+
+
+def _world_keys(cfg: dict[str, Any], why: dict[str, str], spec: FineTuneTaskSpec, adapter: str,
+                profile: Profile, gpu_memory_gib: float | None) -> None:
+    """The sharding of the run's GPUs (sharding.py); the world itself is the Job's env."""
+    nodes, per_node = spec.resources.world_shape()
+    world = (f"{nodes} node(s) x {per_node} process(es): the trainer divides max_steps, "
+             "eval_steps, save_steps and warmup_steps by the world size")
+    if profile != "gpu":
+        why["sharding"] = f"{world}; none on the cpu profile (gloo DDP)"
+        return
+    res = spec.resources
+    choice = sharding.choose(spec.training.sharding or "auto", adapter=adapter,
+                             parameters=(spec.base_model.parameters
+                                         or sharding.parameters_from_name(spec.base_model.name)),
+                             gpu_memory_gib=res.gpu_memory_gi_b or gpu_memory_gib,
+                             gpus=nodes * per_node)
+    keys = sharding.axolotl_keys(choice.mode)
+    cfg.update(keys)
+    for key in keys:
+        why[key] = choice.reason
+    why["sharding"] = f"{world}; {choice.reason}"
 
 
 def _search_plan(spec: FineTuneTaskSpec, manifest: Manifest, default_lr: float) -> SearchPlan:
@@ -212,15 +237,18 @@ def _profile_keys(cfg: dict[str, Any], why: dict[str, str], profile: Profile) ->
 
 
 def render_axolotl_config(spec: FineTuneTaskSpec, manifest: Manifest, layout: RunLayout, *,
-                          profile: Profile = "gpu") -> dict[str, Any]:
+                          profile: Profile = "gpu", gpu_memory_gib: float | None = None
+                          ) -> dict[str, Any]:
     """The Axolotl config for this run (a dict in key order; yaml.safe_dump it)."""
-    return _render(spec, manifest, layout, profile)[0]
+    return _render(spec, manifest, layout, profile, gpu_memory_gib)[0]
 
 
 def explain_axolotl_config(spec: FineTuneTaskSpec, manifest: Manifest, layout: RunLayout, *,
-                           profile: Profile = "gpu") -> list[tuple[str, str]]:
-    """(key, why) for every key of the rendered config, in config order."""
-    cfg, why = _render(spec, manifest, layout, profile)
+                           profile: Profile = "gpu", gpu_memory_gib: float | None = None
+                           ) -> list[tuple[str, str]]:
+    """(key, why) for every key of the rendered config, in config order, then how the run is
+    spread over processes and GPUs (`sharding`, not a config key)."""
+    cfg, why = _render(spec, manifest, layout, profile, gpu_memory_gib)
     out = []
     for key, value in cfg.items():
         if key == "datasets" or key == "test_datasets" or isinstance(value, dict):
@@ -228,4 +256,6 @@ def explain_axolotl_config(spec: FineTuneTaskSpec, manifest: Manifest, layout: R
         else:
             shown = value
         out.append((key, f"{shown} - {why.get(key, 'axolotl setting')}"))
+    if "sharding" in why:
+        out.append(("(world)", why["sharding"]))
     return out

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from . import API_VERSION, KIND
+from . import API_VERSION, KIND, multinode
 from finetune_contract import EXIT_BAD_INPUT, TRAINER_ENV, RunLayout
 from .settings import OperatorSettings
 from .spec import FineTuneTaskSpec
@@ -57,16 +57,19 @@ class TaskRef:
                 "controller": True, "blockOwnerDeletion": True}
 
 
-def child_name(task: str, run_id: str) -> str:
+def child_name(task: str, run_id: str, nodes: int = 1) -> str:
     """`<task>-<run>`, cut to 63 characters with a hash of the full name when too long.
 
-    The hash keeps two long task names that share a prefix from colliding after the cut.
+    The hash keeps two long task names that share a prefix from colliding after the cut. A run
+    over several nodes leaves room for the `-<index>` the Job controller appends to make each
+    pod's hostname (a DNS label, at most 63 characters too).
     """
+    limit = MAX_NAME - (len(f"-{nodes - 1}") if nodes > 1 else 0)
     base = f"{task}-{run_id}".replace(".", "-")
-    if len(base) <= MAX_NAME:
+    if len(base) <= limit:
         return base
     digest = hashlib.sha256(task.encode()).hexdigest()[:6]
-    keep = MAX_NAME - len(run_id) - len(digest) - 2
+    keep = limit - len(run_id) - len(digest) - 2
     return f"{task[:keep].replace('.', '-').rstrip('-')}-{digest}-{run_id}"
 
 
@@ -84,13 +87,15 @@ def s3_endpoint(spec: FineTuneTaskSpec, settings: OperatorSettings) -> str:
     return spec.storage.endpoint or settings.default_s3_endpoint
 
 
-def build_configmap(task: TaskRef, run_id: str, config: dict[str, Any]) -> dict[str, Any]:
-    """ConfigMap `<task>-<run>` holding the rendered Axolotl config (never a secret)."""
+def build_configmap(task: TaskRef, run_id: str, config: dict[str, Any], nodes: int = 1
+                    ) -> dict[str, Any]:
+    """ConfigMap `<task>-<run>` holding the rendered Axolotl config (never a secret); named as
+    its Job (`nodes` as in child_name)."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": child_name(task.name, run_id),
+            "name": child_name(task.name, run_id, nodes),
             "namespace": task.namespace,
             "labels": labels(task, run_id),
             "ownerReferences": [task.owner_reference()],
@@ -184,11 +189,12 @@ def _pod_spec(spec: FineTuneTaskSpec, settings: OperatorSettings, layout: RunLay
 def build_job(task: TaskRef, run_id: str, spec: FineTuneTaskSpec, layout: RunLayout,
               settings: OperatorSettings) -> dict[str, Any]:
     """batch/v1 Job `<task>-<run>` that runs the trainer once for this run."""
-    name = child_name(task.name, run_id)
+    nodes = spec.resources.world_shape()[0]
+    name = child_name(task.name, run_id, nodes)
     job_labels = labels(task, run_id)
     if spec.resources.queue_name:
         job_labels[LABEL_KUEUE_QUEUE] = spec.resources.queue_name
-    return {
+    job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
@@ -213,7 +219,9 @@ def build_job(task: TaskRef, run_id: str, spec: FineTuneTaskSpec, layout: RunLay
             ]},
             "template": {
                 "metadata": {"labels": labels(task, run_id)},
-                "spec": _pod_spec(spec, settings, layout, child_name(task.name, run_id)),
+                "spec": _pod_spec(spec, settings, layout, name),
             },
         },
     }
+    world = multinode.world_for(name, task.namespace, run_id, *spec.resources.world_shape())
+    return job if world.size == 1 else multinode.with_world(job, world, CONTAINER)

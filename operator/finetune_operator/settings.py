@@ -41,6 +41,9 @@ class OperatorSettings(BaseSettings):
     job_ttl_seconds: int = Field(7 * 24 * 3600, ge=0, description="ttlSecondsAfterFinished of Jobs.")
     service_account: str = Field("", description="ServiceAccount of trainer pods; empty = namespace default.")
     device_profile: Literal["gpu", "cpu"] = Field("gpu", description="Trainer profile when gpu > 0.")
+    gpu_memory_gib: float | None = Field(
+        None, gt=0, description="Memory of one GPU of the cluster, for training.sharding auto "
+                                "(spec.resources.gpuMemoryGiB wins).")
     max_parallel_preparations: int = Field(4, ge=1, description="Data preparations run at once.")
 
     # The admin's policy (policy.py, docs/policy.md); lists are comma-separated like namespaces.

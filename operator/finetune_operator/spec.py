@@ -50,6 +50,9 @@ class CamelModel(BaseModel):
 class BaseModelRef(CamelModel):
     name: str = Field(min_length=1, description="Hub id, s3:// prefix or local path of the base model.")
     revision: str = Field("main", description="Hub revision (branch, tag or commit); ignored for paths.")
+    parameters: int | None = Field(
+        None, ge=1, description="Parameter count, for training.sharding auto; default: read "
+                                "from the name (e.g. -135M, -8B).")
 
 
 class DatasetSpec(CamelModel):
@@ -113,6 +116,9 @@ class TrainingSpec(CamelModel):
     sample_packing: bool | None = Field(None, description="Default: on where it saves compute.")
     train_on_inputs: bool = Field(False, description="Train on prompt tokens too (normally masked).")
     early_stopping_patience: int = Field(2, ge=0, le=100, description="Evaluations without gain before stop.")
+    sharding: Literal["auto", "none", "fsdp", "deepspeed-zero2", "deepspeed-zero3"] | None = Field(
+        None, description="How the base model is split over the run's GPUs; default auto: none "
+                          "while it fits on one GPU, else fsdp (see finetune render --explain).")
     search: SearchSpec | None = Field(
         None, description="Try a few learning rates or ranks; chosen on a slice of the train split.")
     axolotl: dict[str, Any] = Field(
@@ -154,6 +160,20 @@ class ResourcesSpec(CamelModel):
     queue_name: str | None = Field(None, description="Kueue LocalQueue; sets kueue.x-k8s.io/queue-name.")
     active_deadline_seconds: int = Field(6 * 3600, ge=60, description="Hard wall-clock cap of the Job.")
     backoff_limit: int = Field(1, ge=0, le=10, description="Retries of a failed trainer pod.")
+    # None-defaults (not 1): a field at None stays out of run_id, so existing tasks keep theirs.
+    nodes: int | None = Field(
+        None, ge=1, le=64, description="Pods the run spreads over (an Indexed Job); default 1.")
+    processes_per_node: int | None = Field(
+        None, ge=1, le=64, description="Training processes per pod (torchrun); default: the GPU "
+                                       "count, or 1 on CPU.")
+    gpu_memory_gi_b: float | None = Field(
+        None, gt=0, alias="gpuMemoryGiB",
+        description="Memory of one GPU, for training.sharding auto; default: the operator's "
+                    "FINETUNE_GPU_MEMORY_GIB.")
+
+    def world_shape(self) -> tuple[int, int]:
+        """(nodes, processes per node) of the run."""
+        return self.nodes or 1, self.processes_per_node or max(1, self.gpu)
 
 
 class FineTuneTaskSpec(CamelModel):
@@ -203,6 +223,7 @@ class DataStatus(CamelModel):
 class JobStatus(CamelModel):
     name: str
     config_map: str
+    service: str | None = Field(None, description="The headless Service of a multi-node run.")
     start_time: str | None = None
     completion_time: str | None = None
 
@@ -231,6 +252,11 @@ class MetricsStatus(CamelModel):
     resumed_from_step: int | None = Field(
         None, description="The checkpoint step the last trainer pod resumed from.")
     resume_count: int | None = Field(None, description="Times the run resumed from a checkpoint.")
+    world_size: int | None = Field(
+        None, description="Training processes in all (nodes x processesPerNode); absent for one.")
+    nodes: int | None = None
+    processes_per_node: int | None = None
+    sharding: str | None = Field(None, description="none (DDP), fsdp or deepspeed-zero2/3.")
 
 
 class ProgressStatus(CamelModel):

@@ -141,7 +141,16 @@ def metrics_status(m: Metrics) -> MetricsStatus:
         chosen_learning_rate=won.learning_rate if won else None,
         chosen_lora_r=won.lora_r if won else None,
         resumed_from_step=m.resumed_from_step,
-        resume_count=m.resume_count or None)
+        resume_count=m.resume_count or None,
+        **_world(m))
+
+
+def _world(m: Metrics) -> dict[str, object]:
+    """How the run was spread; left out for a one-process run, so its status stays as it was."""
+    if m.world_size == 1 and m.sharding == "none":
+        return {}
+    return {"world_size": m.world_size, "nodes": m.nodes,
+            "processes_per_node": m.processes_per_node, "sharding": m.sharding}
 
 
 def evaluation(m: Metrics) -> tuple[str, str, bool]:

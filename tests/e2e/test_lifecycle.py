@@ -46,7 +46,8 @@ def bucket(task_storage: Storage, namespace: str) -> str:
 
 
 def _write_trainer_output(storage: Storage, status: dict[str, Any], ns: str, name: str,
-                          bucket: str, *, base: float = 2.0, tuned: float = 1.2) -> Metrics:
+                          bucket: str, *, base: float = 2.0, tuned: float = 1.2,
+                          **extra: Any) -> Metrics:
     """What the trainer leaves in S3 at the end of a run (contract.Metrics, then COMPLETE)."""
     layout = RunLayout(root=f"s3://{bucket}/runs/", namespace=ns, task=name,
                        run_id=status["runId"])
@@ -54,7 +55,7 @@ def _write_trainer_output(storage: Storage, status: dict[str, Any], ns: str, nam
                 improvement=Metrics.relative_improvement(base, tuned), train_loss=1.0,
                 best_step=40, verdicts=Verdicts(overfit=False, no_gain=tuned >= base),
                 exact_match=ExactMatch(base=0.2, tuned=0.9, samples=12),
-                adapter_uri=layout.adapter, adapter_digest="sha256:abc")
+                adapter_uri=layout.adapter, adapter_digest="sha256:abc", **extra)
     storage.write_text(layout.adapter + "adapter_config.json", "{}")
     storage.write_text(layout.metrics, m.to_json())
     storage.write_text(layout.complete_marker, "ok")

@@ -1,6 +1,6 @@
 """RBAC, enforced by the real apiserver: the operator runs as the chart's ServiceAccount with
 exactly the shipped ClusterRole. One scenario exercises every kind of call the operator makes
-(prepare, launch, suspend, supersede, fail, delete; then a FineTuneTaskSet generates tasks,
+(prepare, launch a two-node run, suspend, supersede, fail, delete; then a FineTuneTaskSet generates tasks,
 rolls them up, drops one, and goes). With the shipped role it meets no 403 and
 uses every grant; with any single grant dropped, the apiserver refuses that call (read from its
 audit log), so no grant is there without a use.
@@ -104,7 +104,9 @@ class Scenario:
                         "minSamples": 20, "minValidationSamples": 5},
             "output": {"uri": f"s3://{bucket}/runs/"},
             "storage": {"endpoint": self.s3.endpoint, "credentialsSecret": "s3-credentials"},
-            "resources": {"gpu": 1}})
+            # Two nodes: each run also has a headless Service (created, then deleted when the
+            # run is superseded).
+            "resources": {"gpu": 1, "nodes": 2}})
         steps: list[tuple[str, Callable[[], None], Callable[[], Any]]] = [
             ("prepare and launch", lambda: None, self._phase("Training")),
             ("suspend the Job", lambda: c.patch_spec(ns, name, {"suspend": True}),

@@ -31,6 +31,7 @@ NAMESPACED_RULES = {
     ("finetune.v-sekai.org", "finetunetasksets/status"): {"patch"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "delete", "patch"},
     ("", "configmaps"): {"create", "delete"},
+    ("", "services"): {"create", "delete"},
     ("", "secrets"): {"get"},
     ("", "pods"): {"list"},
     ("", "events"): {"create"},

@@ -73,3 +73,24 @@ def test_golden_and_kubernetes_validate_strict() -> None:
     if not GOLDEN.exists():
         pytest.fail(f"golden file {GOLDEN} is missing: run `make golden` and review it")
     assert got == json.loads(GOLDEN.read_text()), "built objects changed: review, then `make golden`"
+
+
+@pytest.mark.parametrize("nodes", [2, 11, 64])
+def test_the_spec_s_nodes_build_the_indexed_job_with_room_for_every_pod_hostname(nodes: int) -> None:
+    """build_job itself applies the world; the Job controller names pod i `<job>-<i>`, a DNS
+    label, so a long task name is cut further for a run over several nodes."""
+    from finetune_operator.resources import TaskRef, build_job, child_name
+    from finetune_contract import RunLayout
+    from finetune_operator.settings import OperatorSettings
+
+    spec = _spec(resources={"gpu": 1, "nodes": nodes})
+    task = TaskRef("t" * 70, "ml", "11111111-2222-3333-4444-555555555555")
+    run = spec.run_id()
+    job = build_job(task, run, spec, RunLayout(root=spec.output.uri, namespace="ml",
+                                               task=task.name, run_id=run),
+                    OperatorSettings(trainer_image="registry.example/trainer:1.2.3"))
+    name = job["metadata"]["name"]
+    assert job["spec"]["completions"] == nodes and job["spec"]["completionMode"] == "Indexed"
+    assert len(f"{name}-{nodes - 1}") <= 63 < len(f"{child_name(task.name, run)}-{nodes - 1}")
+    assert name == child_name(task.name, run, nodes) and name.endswith(run)
+    assert child_name("short", run, nodes) == child_name("short", run) == f"short-{run}"

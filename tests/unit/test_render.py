@@ -218,10 +218,26 @@ def test_budget_overrides_are_recorded() -> None:
 def test_explain_covers_every_key_in_order(profile: str) -> None:
     cfg = render(profile=profile)
     explained = explain_axolotl_config(spec(), manifest(), LAYOUT, profile=profile)  # type: ignore[arg-type]
-    assert [k for k, _ in explained] == list(cfg)
+    assert [k for k, _ in explained] == [*cfg, "(world)"]
     assert all(why and "axolotl setting" not in why for _, why in explained)
     text = dict(explained)
     assert "characters" in text[BUDGET_KEY] or "(est.)" in text["sequence_len"]
+
+
+@pytest.mark.parametrize(("resources", "model", "keys", "says"), [
+    ({"gpu": 8, "gpuMemoryGiB": 80}, "meta-llama/Llama-3.1-70B-Instruct", {"fsdp_version", "fsdp_config"},
+     "FSDP over 8 GPUs"),
+    ({"gpu": 4, "nodes": 2, "gpuMemoryGiB": 80}, "Qwen/Qwen2.5-0.5B-Instruct", set(), "plain DDP"),
+    ({"gpu": 1}, "Qwen/Qwen2.5-0.5B-Instruct", set(), "GPU memory is unknown"),
+])
+def test_sharding_auto_is_explained(resources: dict[str, Any], model: str, keys: set[str],
+                                    says: str) -> None:
+    task = parse_spec({"baseModel": {"name": model}, "dataset": {"uri": "s3://tasks/t/"},
+                       "output": {"uri": "s3://adapters/"}, "resources": resources})
+    cfg = render_axolotl_config(task, manifest(), LAYOUT, profile="gpu")
+    assert keys == {"fsdp_version", "fsdp_config", "deepspeed"} & set(cfg)
+    world = dict(explain_axolotl_config(task, manifest(), LAYOUT, profile="gpu"))["(world)"]
+    assert says in world and "divides max_steps" in world, world
 
 
 def test_render_imports_no_training_stack() -> None:

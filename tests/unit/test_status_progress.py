@@ -114,6 +114,15 @@ def test_metrics_carry_the_interval_the_best_baseline_the_headline_and_resumes()
     assert not {"exactMatchLow", "bestBaseline", "headline", "resumedFromStep",
                 "resumeCount"} & set(plain.wire())
     assert len(str(s.wire())) < 800  # the status stays small
+    assert not {"worldSize", "nodes", "processesPerNode", "sharding"} & set(s.wire())
+
+
+def test_metrics_show_how_a_multi_process_run_was_spread() -> None:
+    spread = metrics_status(_metrics().model_copy(update={
+        "world_size": 4, "nodes": 2, "processes_per_node": 2, "sharding": "fsdp"}))
+    assert {k: spread.wire()[k] for k in ("worldSize", "nodes", "processesPerNode",
+                                          "sharding")} == {
+        "worldSize": 4, "nodes": 2, "processesPerNode": 2, "sharding": "fsdp"}
 
 
 def test_success_drops_progress_and_failure_keeps_it() -> None:

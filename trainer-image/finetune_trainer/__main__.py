@@ -18,7 +18,9 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from finetune_contract import (EXIT_FAILED, EXIT_OK, EXIT_TERMINATED, OFFLINE_ENV, TRAINER_ENV,
                                MeasuredBudget, RunLayout)
@@ -56,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         layout = _layout(args.run_uri)
         metrics = run(args, layout, work)
+        if metrics is None:  # a node other than 0: it trained its share; node 0 reports
+            print("finetune-trainer: this node's share of the training is done",
+                  file=sys.stderr, flush=True)
+            return EXIT_OK
     except (TrainerError, StorageError) as err:
         reason = getattr(err, "reason", "Storage")
         code = err.exit_code if isinstance(err, TrainerError) else EXIT_FAILED
@@ -92,9 +98,12 @@ def run(args: argparse.Namespace, layout: RunLayout, work: Path):  # type: ignor
 
     from finetune_contract.tracker import utc_now
 
-    from . import (baselines, evaluate, fetch, progress_file, recount, report, resume, scoring,
-                   search, train)
+    from . import (baselines, evaluate, fetch, progress_file, report, resume, scoring, search,
+                   train, world_run)
 
+    world = world_run.world_from_env()
+    if not world.is_leader:
+        return _follow(args, layout, work, world)
     started = time.monotonic()
     clock = train.StageClock()
     storage = Storage()
@@ -119,33 +128,13 @@ def run(args: argparse.Namespace, layout: RunLayout, work: Path):  # type: ignor
     os.environ.update(OFFLINE_ENV)  # everything is local from here on
     tokenizer_dir, notes = fetch.prepare_tokenizer(model_dir, shape, work)
 
-    import torch
-    from transformers import AutoTokenizer
-
-    profile = args.profile or ("gpu" if torch.cuda.is_available() else "cpu")
+    profile = _profile(args)
     scored_as = evaluate.scoring_for(inputs.config, profile)  # base and tuned alike
     fetch.log(f"scoring: {scored_as.why}")
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    try:
-        encoded_train = [evaluate.encode(tokenizer, r, shape) for r in inputs.train_records]
-        encoded_validation = [evaluate.encode(tokenizer, r, shape) for r in inputs.validation_records]
-    except Exception as err:  # noqa: BLE001 - jinja raises its own types (e.g. role order)
-        raise bad_input("BadChatTemplate", f"the base model's chat template cannot render "
-                                           f"a record: {err}") from None
-    budget = inputs.budget
-    configured = int(inputs.config.get("sequence_len") or 0)
-    longest = max((len(e.input_ids) for e in encoded_train + encoded_validation), default=0)
-    seq_len = budget.fitted_sequence_len(configured, longest) if budget else configured
-    if seq_len != configured:
-        print(f"finetune-trainer: sequence_len {configured} (estimated from characters) raised "
-              f"to {seq_len} to fit every record measured with the tokenizer",
-              file=sys.stderr, flush=True)
-        inputs.config["sequence_len"] = seq_len
-    measured = _measured(encoded_train, seq_len, notes, profile, train.min_delta())
-    if budget:  # the schedule from the answer tokens counted here, not the render's estimate
-        budget, updates = recount.apply(budget, measured.answer_tokens, inputs.config)
-        inputs.config.update(updates)
-    earliest = budget.earliest_stop_step if budget else 0
+    sched = _schedule(inputs, tokenizer_dir, notes, profile, world)
+    tokenizer, encoded_train, budget, measured = (sched.tokenizer, sched.encoded_train,
+                                                  sched.budget, sched.measured)
+    seq_len, configured, earliest = sched.seq_len, sched.configured, sched.earliest
 
     max_steps = int(inputs.config.get("max_steps") or 0)
     clock.enter("evaluate-base", step=0, maxSteps=max_steps)
@@ -170,7 +159,7 @@ def run(args: argparse.Namespace, layout: RunLayout, work: Path):  # type: ignor
         if resumed:
             cfg["resume_from_checkpoint"] = str(resumed.folder)
         result = train.run_axolotl(cfg, work, earliest_stop_step=earliest,
-                                   checkpoint_run=layout.prefix)
+                                   checkpoint_run=layout.prefix, world=world)
     step = int(result.state.get("global_step") or 0)
     clock.enter("evaluate-tuned", step=step, maxSteps=max_steps)
     tuned = evaluate.evaluate(model_dir, tokenizer, inputs.validation_records, shape,
@@ -193,12 +182,101 @@ def run(args: argparse.Namespace, layout: RunLayout, work: Path):  # type: ignor
         search=outcome.report if outcome else None, stage_seconds=clock.seconds(),
         baselines=scored, scores=scores)
     metrics = metrics.model_copy(update={"resumed_from_step": resumed.step if resumed else None,
-                                         "resume_count": history.count})
+                                         "resume_count": history.count,
+                                         "world_size": world.size, "nodes": world.nodes,
+                                         "processes_per_node": world.processes_per_node,
+                                         "sharding": _sharding(cfg)})
     clock.enter("upload", step=step, maxSteps=max_steps)
     report.upload(storage, layout, result.best_checkpoint, metrics, extra)
     clock.enter("done", step=step, maxSteps=max_steps)
     live.flush()
     return metrics
+
+
+@dataclass
+class _Schedule:
+    tokenizer: Any
+    encoded_train: list[Any]
+    budget: Any
+    measured: MeasuredBudget
+    seq_len: int
+    configured: int
+    earliest: int
+
+
+def _profile(args: argparse.Namespace) -> str:
+    import torch
+
+    return args.profile or ("gpu" if torch.cuda.is_available() else "cpu")
+
+
+def _schedule(inputs: Any, tokenizer_dir: Path, notes: list[str], profile: str,
+              world: Any) -> _Schedule:
+    """Fit sequence_len and the step schedule to the tokens counted with the model's tokenizer,
+    then to the world size; updates inputs.config. Every node runs it on the same inputs, so all
+    processes of a run agree on the schedule without a message between them."""
+    from transformers import AutoTokenizer
+
+    from . import evaluate, recount, train, world_run
+
+    shape = inputs.manifest.record_shape
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    try:
+        encoded_train = [evaluate.encode(tokenizer, r, shape) for r in inputs.train_records]
+        encoded_validation = [evaluate.encode(tokenizer, r, shape) for r in inputs.validation_records]
+    except Exception as err:  # noqa: BLE001 - jinja raises its own types (e.g. role order)
+        raise bad_input("BadChatTemplate", f"the base model's chat template cannot render "
+                                           f"a record: {err}") from None
+    budget = inputs.budget
+    configured = int(inputs.config.get("sequence_len") or 0)
+    longest = max((len(e.input_ids) for e in encoded_train + encoded_validation), default=0)
+    seq_len = budget.fitted_sequence_len(configured, longest) if budget else configured
+    if seq_len != configured:
+        print(f"finetune-trainer: sequence_len {configured} (estimated from characters) raised "
+              f"to {seq_len} to fit every record measured with the tokenizer",
+              file=sys.stderr, flush=True)
+        inputs.config["sequence_len"] = seq_len
+    measured = _measured(encoded_train, seq_len, notes, profile, train.min_delta())
+    if budget:  # the schedule from the answer tokens counted here, not the render's estimate
+        budget, updates = recount.apply(budget, measured.answer_tokens, inputs.config)
+        inputs.config.update(updates)
+    inputs.config.update(world_run.scale_schedule(inputs.config, world))
+    earliest = world_run.scale_step(budget.earliest_stop_step if budget else 0, world)
+    return _Schedule(tokenizer, encoded_train, budget, measured, seq_len, configured, earliest)
+
+
+def _sharding(cfg: dict[str, Any]) -> str:
+    if cfg.get("fsdp_config"):
+        return "fsdp"
+    stage = ((cfg.get("deepspeed") or {}).get("zero_optimization") or {}).get("stage")
+    return f"deepspeed-zero{stage}" if stage else "none"
+
+
+def _follow(args: argparse.Namespace, layout: RunLayout, work: Path, world: Any) -> None:
+    """A node other than 0: fetch what training reads, resume from the same checkpoint as node 0
+    and train its share under torchrun. No evaluation, no upload, no metrics: node 0's job."""
+    from finetune_contract.storage import Storage
+
+    from . import fetch, resume, train
+
+    storage = Storage()
+    inputs = fetch.fetch_run(storage, layout, args.config, work)
+    if inputs.search:
+        raise bad_input("BadWorld", "spec.training.search runs on one node only")
+    resumed = resume.choose(storage, layout, work / "out")
+    model_dir = fetch.fetch_model(storage, str(inputs.config.get("base_model") or ""),
+                                  str(inputs.config.get("revision_of_model") or ""), work)
+    os.environ.update(OFFLINE_ENV)
+    tokenizer_dir, notes = fetch.prepare_tokenizer(model_dir, inputs.manifest.record_shape, work)
+    profile = _profile(args)
+    sched = _schedule(inputs, tokenizer_dir, notes, profile, world)
+    cfg = train.local_config(inputs.config, model_dir=model_dir, tokenizer_dir=tokenizer_dir,
+                             train_parquet=inputs.train_parquet,
+                             validation_parquet=inputs.validation_parquet, work=work,
+                             profile=profile)
+    if resumed:
+        cfg["resume_from_checkpoint"] = str(resumed.folder)
+    train.launch_axolotl(cfg, work, earliest_stop_step=sched.earliest, world=world)
 
 
 def _measured(encoded: list, seq_len: int, notes: list[str], profile: str,  # type: ignore[type-arg]

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from finetune_contract import CONFIG_KEY_PREFIX, ProgressEvent
+from finetune_contract.world import World
 
 from .errors import TrainerError, bad_input
 
@@ -101,6 +102,8 @@ def local_config(config: dict[str, Any], *, model_dir: Path, tokenizer_dir: Path
     # Gains below a minimum delta do not reset the patience, a solved run stops, and Axolotl's
     # step-0 evaluation is skipped (see stopping.py).
     cfg["plugins"] = [*(cfg.get("plugins") or []), "finetune_trainer.stopping.MinDeltaStoppingPlugin"]
+    if profile == "cpu":  # more than one process on CPUs needs it (cpu_distributed.py); one does not
+        cfg["plugins"].append("finetune_trainer.cpu_distributed.CpuDistributedPlugin")
     cfg["output_dir"] = str(work / "out")
     cfg["dataset_prepared_path"] = str(work / "prepared")
     if profile == "cpu":
@@ -118,16 +121,31 @@ class TrainResult:
 
 
 def run_axolotl(cfg: dict[str, Any], work: Path, *, earliest_stop_step: int = 0,
-                stage: str = "train", checkpoint_run: str | None = None) -> TrainResult:
-    """Train; `stage` names the progress lines (a search candidate's are "search");
-    `checkpoint_run` (a run prefix) gets each checkpoint uploaded (checkpoints.py)."""
+                stage: str = "train", checkpoint_run: str | None = None,
+                world: World | None = None) -> TrainResult:
+    """Train and read back the best checkpoint; `stage` names the progress lines (a search
+    candidate's are "search"); `checkpoint_run` (a run prefix) gets each checkpoint uploaded
+    (checkpoints.py). Node 0 only: global rank 0 is the process that saves checkpoints."""
+    tail = launch_axolotl(cfg, work, earliest_stop_step=earliest_stop_step, stage=stage,
+                          checkpoint_run=checkpoint_run, world=world)
+    return read_state(work / "out", tail)
+
+
+def launch_axolotl(cfg: dict[str, Any], work: Path, *, earliest_stop_step: int = 0,
+                   stage: str = "train", checkpoint_run: str | None = None,
+                   world: World | None = None) -> list[str]:
+    """Run `axolotl train` to its end; the tail of its output. With a `world` of several
+    processes it runs under torchrun (the other nodes of a run call this alone)."""
+    world = world or World()
     path = work / "axolotl.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    cmd = [sys.executable, "-m", "axolotl.cli.main", "train", str(path), "--launcher", "python"]
+    cmd = [sys.executable, "-m", "axolotl.cli.main", "train", str(path), *world.launcher_args()]
+    # Axolotl starts torchrun by name: the one next to our interpreter.
+    path_env = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     tail: collections.deque[str] = collections.deque(maxlen=60)
     with open(work / "axolotl.log", "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                cwd=work, env={**os.environ,
+                                cwd=work, env={**os.environ, "PATH": path_env,
                                                EARLIEST_STOP_ENV: str(earliest_stop_step),
                                                PROGRESS_STAGE_ENV: stage,
                                                CHECKPOINT_RUN_ENV: checkpoint_run or ""})
@@ -139,7 +157,7 @@ def run_axolotl(cfg: dict[str, Any], work: Path, *, earliest_stop_step: int = 0,
         rc = proc.wait()
     if rc != 0:
         raise _axolotl_failure(list(tail), rc)
-    return read_state(work / "out", list(tail))
+    return list(tail)
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> None:

@@ -91,6 +91,11 @@ tests/integration/test_helm.py pins this table.
   # read back); delete: superseded runs.
   verbs: [create, delete]
 - apiGroups: [""]
+  resources: [services]
+  # create: the headless Service the pods of a multi-node run meet through (owned by the task,
+  # so garbage-collected with it); delete: a superseded multi-node run's.
+  verbs: [create, delete]
+- apiGroups: [""]
   resources: [secrets]
   # get: the task's S3 credentials (spec.storage.credentialsSecret) for data preparation. No list/watch.
   verbs: [get]
