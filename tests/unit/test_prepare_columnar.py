@@ -235,3 +235,26 @@ def test_quote_split_takes_plain_string_records(separators) -> None:
                 b'{"instruction": "q", "input": "", "output": "a"}  x', b"",
                 b'{"instruction": "q", "input": "\xff", "output": "a"}'):
         assert jsonl_table._split_on_quotes(data + bad + b"\n", rows[0]) is None, bad
+
+
+def test_prepare_restores_the_default_memory_pool(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    seen: list[str] = []
+    real = pipeline.alpaca_batch
+
+    def spy(*args, **kwargs):
+        seen.append(pa.default_memory_pool().backend_name)
+        return real(*args, **kwargs)
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.jsonl").write_text(
+        "\n".join(json.dumps({"instruction": f"q{i}", "output": "a"}) for i in range(4)) + "\n")
+    before = pa.default_memory_pool().backend_name
+    pipeline.alpaca_batch = spy
+    try:
+        assert isinstance(_run(tmp_path, tmp_path / "data", {"validationFraction": 0.5}), dict)
+    finally:
+        pipeline.alpaca_batch = real
+    assert pa.default_memory_pool().backend_name == before
+    assert seen == ["jemalloc" if "jemalloc" in pa.supported_memory_backends() else before]
