@@ -29,7 +29,7 @@ venv: $(VENV)/.installed ## Create .venv with the operator, trainer and test dep
 $(TOOLS)/helm: | $(VENV)/.installed
 	$(PY) scripts/install_tools.py helm $(TOOLS)
 
-$(TOOLS)/promtool:
+$(TOOLS)/promtool: | $(VENV)/.installed
 	$(PY) scripts/install_tools.py promtool $(TOOLS)
 
 .PHONY: tools
