@@ -11,7 +11,8 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 from pydantic.alias_generators import to_camel
 
 from . import API_VERSION, KIND
@@ -186,6 +187,14 @@ class FineTuneTaskSpec(CamelModel):
     trainer_image: str | None = Field(None, description="Override of the operator's trainer image.")
     suspend: bool = Field(False, description="Stop before creating a Job, or suspend a running one.")
     infrequent: bool = Field(False, description="Prepare and report, but spend no GPU: ends Skipped.")
+
+    @model_validator(mode="after")
+    def _search_on_one_node(self) -> FineTuneTaskSpec:
+        """The search trains its candidates one after another in node 0's process; the other
+        nodes of a multi-node run would have nothing to join."""
+        if self.training.search is not None and (self.resources.nodes or 1) > 1:
+            raise ValueError("training.search runs on one node: drop it or set resources.nodes 1")
+        return self
 
     def run_id(self) -> str:
         """Deterministic id of the run this spec asks for.

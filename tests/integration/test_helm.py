@@ -223,6 +223,9 @@ def test_deployment_env_is_understood_by_the_operator(monkeypatch: pytest.Monkey
     settings = OperatorSettings()  # the operator's own parsing, from the real environment
     assert settings.namespaces == [] and settings.metrics_port == 8080
     assert settings.health_port == 8081
+    assert settings.gpu_memory_gib is None  # unset unless the admin names it
+    sized = _env(render(**{"operator.gpuMemoryGiB": "80"}))
+    assert OperatorSettings(**_settings_kwargs(sized)).gpu_memory_gib == 80
 
 
 def test_deployment_is_one_hardened_replica() -> None:

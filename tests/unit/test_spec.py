@@ -80,3 +80,12 @@ def test_a_document_that_is_not_a_finetunetask_is_refused(doc: object, message: 
     with pytest.raises(SpecError, match="not a FineTuneTask") as err:
         parse_task_document(doc)
     assert message in str(err.value)
+
+
+def test_search_on_several_nodes_is_refused_in_one_line() -> None:
+    body = {**BASE, "training": {"search": {"learningRates": [1e-4, 2e-4]}},
+            "resources": {"nodes": 2}}
+    with pytest.raises(SpecError, match="training.search runs on one node") as err:
+        parse_spec(body)
+    assert "\n" not in str(err.value)
+    assert parse_spec({**body, "resources": {"nodes": 1}}).training.search is not None
