@@ -8,6 +8,7 @@ and exits 2; no traceback reaches the user. Heavy modules are imported per subco
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -58,6 +59,21 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gpu_memory_gib(args: argparse.Namespace) -> float | None:
+    """--gpu-memory-gib, else FINETUNE_GPU_MEMORY_GIB (the operator's setting), else unknown."""
+    raw = args.gpu_memory_gib if args.gpu_memory_gib is not None else \
+        os.environ.get("FINETUNE_GPU_MEMORY_GIB") or None
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise UserError(f"GPU memory must be a positive number of GiB, got {raw!r}")
+    return value
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     import yaml
 
@@ -67,9 +83,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     for task in _load_allowed(args.task):
         layout = _layout(task, args.output)
         manifest = prepare_run(task.spec, layout, _storage(task))
-        config = render_axolotl_config(task.spec, manifest, layout, profile=args.profile)
+        sized = {"profile": args.profile, "gpu_memory_gib": _gpu_memory_gib(args)}
+        config = render_axolotl_config(task.spec, manifest, layout, **sized)
         if args.explain:
-            for key, why in explain_axolotl_config(task.spec, manifest, layout, profile=args.profile):
+            for key, why in explain_axolotl_config(task.spec, manifest, layout, **sized):
                 print(f"{key}: {why}")
         else:
             sys.stdout.write(yaml.safe_dump(config, sort_keys=False))
@@ -103,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output")
     p.add_argument("--profile", choices=["gpu", "cpu"], default="gpu")
     p.add_argument("--explain", action="store_true", help="Say why each value was chosen")
+    p.add_argument("--gpu-memory-gib", type=float, default=None,
+                   help="Memory of one GPU, for training.sharding auto "
+                        "(default: FINETUNE_GPU_MEMORY_GIB, as the operator)")
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("operator", help="Run the Kopf operator (settings from FINETUNE_* env)")

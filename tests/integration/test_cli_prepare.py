@@ -189,3 +189,30 @@ def test_loopback_endpoint_is_allowed_for_local_use(tmp_path: Path, s3_server: S
     path.write_text(yaml.safe_dump(doc))
     env = {k: v for k, v in s3_server.env().items() if k != "AWS_ENDPOINT_URL"}
     assert finetune(path, env).returncode == 0
+
+
+def test_render_explain_says_how_a_multi_node_run_is_spread(tmp_path: Path, s3_server: S3Server,
+                                                           storage: Storage, bucket: str) -> None:
+    storage.write_text(f"s3://{bucket}/data/a.jsonl", rows(120))
+    path = task_yaml(tmp_path, {"uri": f"s3://{bucket}/data/"}, f"s3://{bucket}/runs")
+    body = yaml.safe_load(path.read_text())
+    body["spec"]["baseModel"]["name"] = "meta-llama/Llama-3.1-70B-Instruct"
+    body["spec"]["resources"] = {"gpu": 8, "nodes": 2}
+    path.write_text(yaml.safe_dump(body))
+
+    def render(env: dict[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
+        full = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FINETUNE_"))}
+        return subprocess.run([sys.executable, "-m", "finetune_operator", "render", str(path),
+                               "--explain", *extra], env={**full, **s3_server.env(), **env},
+                              capture_output=True, text=True, timeout=120)
+
+    proc = render({"FINETUNE_GPU_MEMORY_GIB": "80"})
+    assert proc.returncode == 0, proc.stderr
+    world = next(line for line in proc.stdout.splitlines() if line.startswith("(world):"))
+    assert "2 node(s) x 8 process(es)" in world and "FSDP over 16 GPUs" in world
+    assert "fsdp_config:" in proc.stdout
+    big = render({}, "--gpu-memory-gib", "1000")  # the flag wins over the env; it fits now
+    assert "plain DDP" in big.stdout and "fsdp_config" not in big.stdout
+    assert_one_line_error(render({"FINETUNE_GPU_MEMORY_GIB": "lots"}),
+                          "finetune render: FINETUNE_GPU_MEMORY_GIB")
+    assert_one_line_error(render({}, "--gpu-memory-gib", "-1"), "finetune render: GPU memory")
