@@ -110,6 +110,10 @@ bench-prepare: venv ## Data preparation: 1M records, ours vs a pandas baseline
 bench-train: venv ## Training throughput with and without sample packing
 	$(PY) bench/bench_train.py
 
+.PHONY: bench-scale
+bench-scale: venv ## The same task through the trainer with 1 and 2 processes (torchrun, gloo on CPU)
+	$(PY) bench/bench_scale.py
+
 .PHONY: bench-operator
 bench-operator: venv tools controlplane ## 1,000 tasks applied at once on a real control plane; baseline: the apiserver alone creating the Jobs
 	$(PY) bench/bench_operator.py

@@ -40,6 +40,7 @@ from finetune_operator.resources import child_name
 from finetune_operator.spec import ConditionType, FineTuneTaskStatus, JobStatus, SpecError
 from finetune_operator.status import now_iso
 from finetune_contract.storage import Credentials, Storage, StorageError, is_s3, parse_s3
+from finetune_contract.world import World
 
 METRICS_MAX_BYTES = 8 * 1024 * 1024
 
@@ -202,7 +203,7 @@ def run_task(task: Any, *, output: str | None, profile: str | None, force: bool,
                                  launched, ls.at()))
     say(f"  training ({profile} profile, log {work / 'trainer.log'})")
 
-    env = trainer_env(storage.endpoint, spec.base_model.name)
+    env = trainer_env(storage.endpoint, spec.base_model.name, local_world(task, run_id))
     outcome = run_trainer(layout, config_path, profile, work, env, Progress(task.name))
     if outcome.interrupted:
         shutil.rmtree(work, ignore_errors=True)  # the user stopped it: no scratch left behind
@@ -254,6 +255,18 @@ def interrupt_on_sigterm() -> Iterator[None]:
 # ---- the command --------------------------------------------------------------------------
 
 
+def local_world(task: Any, run_id: str = "finetune") -> World:
+    """The run's world on this machine: one node, `spec.resources.processesPerNode` training
+    processes (torchrun, gloo on CPUs), 1 when unset: not world_shape()'s one per GPU, since a
+    local run trains on the CPUs unless asked otherwise. More nodes are bad input."""
+    res = task.spec.resources
+    if (res.nodes or 1) > 1:
+        raise BadInput(f"{task.source}: task {task.namespace}/{task.name} asks for "
+                       f"spec.resources.nodes {res.nodes}, but a local run has one node; use "
+                       "processesPerNode for several processes here, or run it on a cluster")
+    return World(nodes=1, processes_per_node=res.processes_per_node or 1, run_id=run_id)
+
+
 def load_all(task_paths: list[str]) -> list[Any]:
     from finetune_operator.taskfile import load_tasks
 
@@ -263,6 +276,7 @@ def load_all(task_paths: list[str]) -> list[Any]:
         if (t.namespace, t.name) in seen:
             raise BadInput(f"{t.source}: task {t.namespace}/{t.name} appears twice")
         seen.add((t.namespace, t.name))
+        local_world(t)  # refused before anything runs
     return tasks
 
 

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from finetune_contract import OFFLINE_ENV, TRAINER_ENV, ProgressEvent, RunLayout, TerminationMessage
 from finetune_contract.tracker import LOOP_STAGES, ProgressTracker
+from finetune_contract.world import NODE_RANK_ENV, RENDEZVOUS_ENV, World
 
 
 # The trainer's own log lines about checkpoints (resuming, skipping one) are shown too.
@@ -154,14 +155,18 @@ def default_profile(spec: Any) -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
-def trainer_env(endpoint: str, base_model: str) -> dict[str, str]:
+def trainer_env(endpoint: str, base_model: str, world: World | None = None) -> dict[str, str]:
     """The user's environment wins over the trainer's defaults (offline ones only for a local
     model: a hub id must still download), except for unbuffered output, which the progress
-    lines need."""
+    lines need, and the run's world (one node; its processes from the spec), which the trainer
+    reads as a Job's pod does and runs under torchrun when it has more than one process."""
     defaults = {**TRAINER_ENV, **(OFFLINE_ENV if Path(base_model).is_dir() else {})}
     env = {**defaults, **os.environ, "PYTHONUNBUFFERED": TRAINER_ENV["PYTHONUNBUFFERED"]}
     if endpoint:
         env["AWS_ENDPOINT_URL"] = endpoint
+    for key in (NODE_RANK_ENV, RENDEZVOUS_ENV):  # one node: rank 0, torchrun's own rendezvous
+        env.pop(key, None)
+    env.update((world or World()).env())
     return env
 
 
