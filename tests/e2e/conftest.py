@@ -169,6 +169,14 @@ def task_storage(s3_server: S3Server) -> Storage:
     return Storage(endpoint=s3_server.endpoint, credentials=creds)
 
 
+@pytest.fixture()
+def bucket(task_storage: Storage, namespace: str) -> str:
+    """A bucket of the test's own namespace."""
+    name = f"b-{namespace}"
+    task_storage.ensure_bucket(f"s3://{name}/")
+    return name
+
+
 def alpaca_records(n: int, *, tag: str = "t") -> list[dict[str, Any]]:
     labels = ["billing", "bug", "feature", "account"]
     return [{"instruction": "Classify the support ticket.",

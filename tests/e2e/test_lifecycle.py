@@ -38,13 +38,6 @@ def _spec(s3: S3Server, data_uri: str, bucket: str, **dataset: Any) -> dict[str,
     }
 
 
-@pytest.fixture()
-def bucket(task_storage: Storage, namespace: str) -> str:
-    name = f"b-{namespace}"
-    task_storage.ensure_bucket(f"s3://{name}/")
-    return name
-
-
 def _write_trainer_output(storage: Storage, status: dict[str, Any], ns: str, name: str,
                           bucket: str, *, base: float = 2.0, tuned: float = 1.2,
                           **extra: Any) -> Metrics:

@@ -23,13 +23,6 @@ pytestmark = pytest.mark.cluster
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 
 
-@pytest.fixture()
-def bucket(task_storage: Storage, namespace: str) -> str:
-    name = f"b-{namespace}"
-    task_storage.ensure_bucket(f"s3://{name}/")
-    return name
-
-
 def _two_nodes(cluster: Cluster, storage: Storage, s3: S3Server, ns: str, name: str,
                bucket: str) -> dict[str, Any]:
     uri = _dataset(storage, bucket, alpaca_records(60), "d.jsonl")

@@ -24,13 +24,6 @@ pytestmark = pytest.mark.cluster
 SETS = "finetunetasksets"
 
 
-@pytest.fixture()
-def bucket(task_storage: Storage, namespace: str) -> str:
-    name = f"b-{namespace}"
-    task_storage.ensure_bucket(f"s3://{name}/")
-    return name
-
-
 def _folder(storage: Storage, bucket: str, key: str, n: int) -> None:
     recs = alpaca_records(n, tag=key)
     storage.write_text(f"s3://{bucket}/tasks/{key}/d.jsonl",

@@ -152,12 +152,7 @@ def run(args: argparse.Namespace, layout: RunLayout, work: Path):  # type: ignor
         result, cfg, trained_idx = outcome.result, outcome.config, outcome.fit_indices
         extra = {layout.selection: outcome.selection_jsonl}
     else:
-        cfg = train.local_config(inputs.config, model_dir=model_dir, tokenizer_dir=tokenizer_dir,
-                                 train_parquet=inputs.train_parquet,
-                                 validation_parquet=inputs.validation_parquet, work=work,
-                                 profile=profile)
-        if resumed:
-            cfg["resume_from_checkpoint"] = str(resumed.folder)
+        cfg = _training_config(inputs, model_dir, tokenizer_dir, work, profile, resumed)
         result = train.run_axolotl(cfg, work, earliest_stop_step=earliest,
                                    checkpoint_run=layout.prefix, world=world)
     step = int(result.state.get("global_step") or 0)
@@ -252,6 +247,20 @@ def _sharding(cfg: dict[str, Any]) -> str:
     return f"deepspeed-zero{stage}" if stage else "none"
 
 
+def _training_config(inputs: Any, model_dir: Path, tokenizer_dir: Path, work: Path, profile: str,
+                     resumed: Any) -> dict[str, Any]:
+    """Axolotl's config for this pod: the same on every node, so their processes agree."""
+    from . import train
+
+    cfg = train.local_config(inputs.config, model_dir=model_dir, tokenizer_dir=tokenizer_dir,
+                             train_parquet=inputs.train_parquet,
+                             validation_parquet=inputs.validation_parquet, work=work,
+                             profile=profile)
+    if resumed:
+        cfg["resume_from_checkpoint"] = str(resumed.folder)
+    return cfg
+
+
 def _follow(args: argparse.Namespace, layout: RunLayout, work: Path, world: Any) -> None:
     """A node other than 0: fetch what training reads, resume from the same checkpoint as node 0
     and train its share under torchrun. No evaluation, no upload, no metrics: node 0's job."""
@@ -270,12 +279,7 @@ def _follow(args: argparse.Namespace, layout: RunLayout, work: Path, world: Any)
     tokenizer_dir, notes = fetch.prepare_tokenizer(model_dir, inputs.manifest.record_shape, work)
     profile = _profile(args)
     sched = _schedule(inputs, tokenizer_dir, notes, profile, world)
-    cfg = train.local_config(inputs.config, model_dir=model_dir, tokenizer_dir=tokenizer_dir,
-                             train_parquet=inputs.train_parquet,
-                             validation_parquet=inputs.validation_parquet, work=work,
-                             profile=profile)
-    if resumed:
-        cfg["resume_from_checkpoint"] = str(resumed.folder)
+    cfg = _training_config(inputs, model_dir, tokenizer_dir, work, profile, resumed)
     train.launch_axolotl(cfg, work, earliest_stop_step=sched.earliest, world=world)
 
 

@@ -34,6 +34,8 @@ EARLIEST_STOP_ENV = "FINETUNE_EARLIEST_STOP_STEP"  # read by stopping.py inside 
 MIN_DELTA_ENV = "FINETUNE_EARLY_STOPPING_MIN_DELTA"  # read by stopping.py, reported in the budget
 PROGRESS_STAGE_ENV = "FINETUNE_PROGRESS_STAGE"  # read by progress.py: the stage its lines name
 CHECKPOINT_RUN_ENV = "FINETUNE_CHECKPOINT_RUN_URI"  # read by checkpoints.py: upload to this run
+ACCELERATE_USE_CPU_ENV = "ACCELERATE_USE_CPU"  # Accelerate's switch to gloo DDP on CPUs
+CPU_PLUGIN = "finetune_trainer.cpu_distributed.CpuDistributedPlugin"
 DEFAULT_MIN_DELTA = 0.005
 CPU_SAFE = {"bf16": False, "fp16": False, "tf32": False, "attn_implementation": "sdpa",
             "sdpa_varlen": False, "lora_mlp_kernel": False, "lora_qkv_kernel": False,
@@ -103,7 +105,7 @@ def local_config(config: dict[str, Any], *, model_dir: Path, tokenizer_dir: Path
     # step-0 evaluation is skipped (see stopping.py).
     cfg["plugins"] = [*(cfg.get("plugins") or []), "finetune_trainer.stopping.MinDeltaStoppingPlugin"]
     if profile == "cpu":  # more than one process on CPUs needs it (cpu_distributed.py); one does not
-        cfg["plugins"].append("finetune_trainer.cpu_distributed.CpuDistributedPlugin")
+        cfg["plugins"].append(CPU_PLUGIN)
     cfg["output_dir"] = str(work / "out")
     cfg["dataset_prepared_path"] = str(work / "prepared")
     if profile == "cpu":
@@ -142,13 +144,16 @@ def launch_axolotl(cfg: dict[str, Any], work: Path, *, earliest_stop_step: int =
     cmd = [sys.executable, "-m", "axolotl.cli.main", "train", str(path), *world.launcher_args()]
     # Axolotl starts torchrun by name: the one next to our interpreter.
     path_env = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path_env, EARLIEST_STOP_ENV: str(earliest_stop_step),
+           PROGRESS_STAGE_ENV: stage, CHECKPOINT_RUN_ENV: checkpoint_run or ""}
+    if world.size > 1 and CPU_PLUGIN in (cfg.get("plugins") or []):
+        # Without it Accelerate leaves a CPU run out of DDP: every rank trains alone on all the
+        # data (transformers: "process group is initialized, but parallel_mode != DISTRIBUTED").
+        env[ACCELERATE_USE_CPU_ENV] = "true"
     tail: collections.deque[str] = collections.deque(maxlen=60)
     with open(work / "axolotl.log", "wb") as logf:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                cwd=work, env={**os.environ, "PATH": path_env,
-                                               EARLIEST_STOP_ENV: str(earliest_stop_step),
-                                               PROGRESS_STAGE_ENV: stage,
-                                               CHECKPOINT_RUN_ENV: checkpoint_run or ""})
+                                cwd=work, env=env)
         try:
             assert proc.stdout is not None
             follow(proc.stdout, logf, tail)
