@@ -20,7 +20,7 @@ from finetune_operator.status import now_iso
 
 from .conftest import alpaca_records
 from .harness import Cluster, OperatorProcess, ScriptedTrainer, wait_for
-from .test_lifecycle import _cond, _dataset, _pod_running, _spec, bucket  # noqa: F401 (fixture)
+from .test_lifecycle import _cond, _dataset, _pod_running, _spec
 
 pytestmark = pytest.mark.cluster
 
