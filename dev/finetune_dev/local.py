@@ -280,15 +280,17 @@ def load_all(task_paths: list[str]) -> list[Any]:
     return tasks
 
 
-def print_status(res: TaskResult, out: TextIO = sys.stdout) -> None:
+def print_status(res: TaskResult, out: TextIO | None = None) -> None:
+    out = out or sys.stdout  # per call, not bound at import (a replaced stdout would linger)
     out.write(f"# {res.namespace}/{res.name}\n")
     out.write(yaml.safe_dump({"status": res.status.wire()}, sort_keys=False))
 
 
 def run_tasks(task_paths: list[str], *, output: str | None = None, profile: str | None = None,
-              force: bool = False, out: TextIO = sys.stdout,
+              force: bool = False, out: TextIO | None = None,
               say: Callable[[str], None] | None = None) -> list[TaskResult]:
     """Run every task in the files; raise BadInput/SpecError only before anything ran."""
+    out = out or sys.stdout
     tasks = load_all(task_paths)
     if importlib.util.find_spec("finetune_trainer") is None:
         raise BadInput("the trainer is not installed here: pip install 'finetune-operator[trainer]'")

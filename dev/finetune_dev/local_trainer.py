@@ -41,8 +41,9 @@ class Progress:
     come from the contract's ProgressTracker, the code the trainer writes progress.json with, so
     the figures here are the ones the operator's status shows."""
 
-    def __init__(self, label: str, out: TextIO = sys.stderr, *, interval: float = 30.0,
+    def __init__(self, label: str, out: TextIO | None = None, *, interval: float = 30.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        out = out or sys.stderr  # per call, not bound at import (a replaced stderr would linger)
         self.label, self.out, self.interval, self.clock = label, out, interval, clock
         self.tty = out.isatty()
         self.stage: str | None = None

@@ -77,9 +77,10 @@ def _check_policy(w: Writer, spec: FineTuneTaskSpec) -> None:
 
 
 def _start_run(w: Writer, run_id: str) -> None:
-    """A new spec: delete the superseded run's children, then reset the status."""
+    """A new spec (called only when the run id changed): delete the superseded run's children,
+    then reset the status."""
     old = w.status.job
-    if old is not None and w.status.run_id != run_id:
+    if old is not None:
         api(lambda: w.ctx.kube.delete_job(w.task.ref.namespace, old.name))
         api(lambda: w.ctx.kube.delete_configmap(w.task.ref.namespace, old.config_map))
         if old.service:

@@ -209,14 +209,22 @@ def test_the_real_trainer_evicted_after_a_checkpoint_resumes_there_in_a_new_pod(
     at_eviction = wait_for(checkpointed, 600, "the first checkpoint's marker in S3",
                            interval=0.5)
     first = min(int(u.split("/step-")[1].split("/")[0]) for u in at_eviction)
-    assert seen - {0}, "status.progress never showed a training step"
     [pod] = [p for p in cluster.pods(ns, job) if p["status"].get("phase") == "Running"]
     cluster.core.create_namespaced_pod_eviction(
         pod["metadata"]["name"], ns, {"apiVersion": "policy/v1", "kind": "Eviction",
                                       "metadata": {"name": pod["metadata"]["name"],
                                                    "namespace": ns}})
     wait_for(lambda: trainer.attempts(job) == 2, 90, "a new pod for the Job")
-    st = cluster.wait_phase(ns, name, "Succeeded", "Failed", timeout=600)
+
+    def ended() -> dict[str, Any] | None:
+        """The final status; status.progress is sampled on the way (the first pod may reach
+        its first checkpoint before a progress read, so both pods' steps count)."""
+        st = cluster.status(ns, name)
+        seen.add((st.get("progress") or {}).get("step") or 0)
+        return st if st.get("phase") in ("Succeeded", "Failed") else None
+
+    st = wait_for(ended, 600, "the run to end", interval=0.5)
+    assert seen - {0}, "status.progress never showed a training step"
     assert st["phase"] == "Succeeded", st.get("message")
     m = st["metrics"]
     # From that checkpoint or a later complete one (the trainer may save another before the

@@ -21,6 +21,9 @@ class Call:
     body: Any
     t: float  # seconds since the epoch (stageTimestamp)
     received: float = 0.0  # seconds since the epoch (requestReceivedTimestamp)
+    # The authorizer's decision: a 403 that RBAC allowed is admission's (e.g. an Event posted
+    # into a namespace being deleted), not a missing grant.
+    forbidden_by_rbac: bool = False
 
     @property
     def rbac(self) -> tuple[str, str, str]:
@@ -47,7 +50,8 @@ def parse_event(ev: dict[str, Any], user: str) -> Call | None:
     return Call(ev["verb"], ref.get("apiGroup", ""), resource, ref.get("namespace", ""),
                 ref.get("name", ""), int((ev.get("responseStatus") or {}).get("code", 0)),
                 ev.get("requestObject"), epoch(ev.get("stageTimestamp", "")),
-                epoch(ev.get("requestReceivedTimestamp", "")))
+                epoch(ev.get("requestReceivedTimestamp", "")),
+                (ev.get("annotations") or {}).get("authorization.k8s.io/decision") == "forbid")
 
 
 class Audit:
