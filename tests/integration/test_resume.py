@@ -26,28 +26,13 @@ from finetune_contract import Metrics, RunLayout, RunProgress
 from finetune_contract.checkpoint import CheckpointMarker, ResumeHistory, marker_uri, resumes_uri
 from finetune_contract.storage import Storage
 from finetune_dev import demo_tasks
-from finetune_dev.devs3 import S3Server
 from finetune_operator import cli
 from finetune_operator.taskfile import load_tasks
+from test_local_run import s3_env, tiny_model  # noqa: F401 - the fixtures are shared
 
 MAX_STEPS = 20
 STAGES = ["fetch", "evaluate-base", "train", "evaluate-tuned", "upload", "done"]
 LOSS_TOLERANCE = 0.1  # relative: the resumed run replays the same batches with the same RNG
-
-
-@pytest.fixture(scope="module")
-def tiny_model() -> str:
-    from finetune_dev.smollm import cache_dir
-    from finetune_dev.tinymodel import build_tiny_model
-
-    return str(build_tiny_model(cache_dir()))
-
-
-@pytest.fixture()
-def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    for key, value in s3_server.env().items():
-        monkeypatch.setenv(key, value)
-    return s3_server.env()
 
 
 def _task(storage: Storage, bucket: str, model: str, tmp_path: Path, output: str) -> tuple[Path, RunLayout]:
